@@ -1,0 +1,10 @@
+"""Kong Gateway plugin that binds the authenticated consumer to the caller pod's Cilium identity."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+PLUGIN_NAME = "cilium-identity"
+
+try:
+    __version__ = version("kong-cilium-identity")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"

@@ -1,0 +1,1 @@
+"""The caller's Cilium identity: model, reserved ranges, sources and the resolver."""

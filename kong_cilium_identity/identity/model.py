@@ -1,0 +1,129 @@
+"""What a source knows about the workload behind an address, and how sure it is."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kong_cilium_identity.labels import Label, parse_label
+
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+SERVICE_ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
+CLUSTER_LABEL = "io.cilium.k8s.policy.cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A Cilium security identity as seen for one address.
+
+    ``labels`` are the identity labels (``k8s:app=checkout``); the pod name and UID are
+    not identity labels (many pods share one identity) and live in their own fields.
+    """
+
+    id: int
+    labels: frozenset[Label]
+    namespace: str | None = None
+    pod: str | None = None
+    pod_uid: str | None = None
+    service_account: str | None = None
+    cluster: str | None = None
+    source: str = ""
+    observed_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(
+        cls,
+        id: int,
+        labels: Iterable[str],
+        *,
+        namespace: str | None = None,
+        pod: str | None = None,
+        pod_uid: str | None = None,
+        service_account: str | None = None,
+        cluster: str | None = None,
+        source: str = "",
+        observed_at: float | None = None,
+    ) -> Identity:
+        """Make an identity from label strings, filling namespace, service account and
+        cluster from Cilium's well-known labels when they are not given."""
+        parsed = frozenset(parse_label(text) for text in labels)
+        by_key = {label.key: label.value for label in parsed if label.source == "k8s"}
+        return cls(
+            id=id,
+            labels=parsed,
+            namespace=namespace or by_key.get(NAMESPACE_LABEL) or None,
+            pod=pod or None,
+            pod_uid=pod_uid or None,
+            service_account=service_account or by_key.get(SERVICE_ACCOUNT_LABEL) or None,
+            cluster=cluster or by_key.get(CLUSTER_LABEL) or None,
+            source=source,
+            observed_at=time.time() if observed_at is None else observed_at,
+        )
+
+    def label_strings(self) -> list[str]:
+        """Labels in Cilium's sorted ``source:key=value`` text form."""
+        return sorted(str(label) for label in self.labels)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "labels": self.label_strings(),
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "pod_uid": self.pod_uid,
+            "service_account": self.service_account,
+            "cluster": self.cluster,
+            "source": self.source,
+            "observed_at": self.observed_at,
+        }
+
+
+class LookupStatus(enum.Enum):
+    """How a lookup ended. Only FOUND carries an identity."""
+
+    FOUND = "found"
+    UNKNOWN = "unknown"  # the source answered: it knows no identity for this address
+    AMBIGUOUS = "ambiguous"  # several live identities claim the address, or sources disagree
+    UNAVAILABLE = "unavailable"  # error, timeout, not synced, stale: nothing can be proven
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The answer of a source (or of the resolver) for one address."""
+
+    status: LookupStatus
+    identity: Identity | None = None
+    source: str = ""
+    detail: str = ""
+
+    @classmethod
+    def found(cls, identity: Identity, source: str = "") -> Lookup:
+        return cls(LookupStatus.FOUND, identity, source or identity.source)
+
+    @classmethod
+    def unknown(cls, source: str, detail: str = "") -> Lookup:
+        return cls(LookupStatus.UNKNOWN, None, source, detail)
+
+    @classmethod
+    def ambiguous(cls, source: str, detail: str) -> Lookup:
+        return cls(LookupStatus.AMBIGUOUS, None, source, detail)
+
+    @classmethod
+    def unavailable(cls, source: str, detail: str) -> Lookup:
+        return cls(LookupStatus.UNAVAILABLE, None, source, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The connection whose identity is asked for.
+
+    Ports are optional hints: a source that sees flows (Hubble) can pin the very
+    connection with them; address-indexed sources ignore them.
+    """
+
+    address: str  # canonical text form, IPv4-mapped IPv6 already folded to IPv4
+    port: int | None = None
+    local_port: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
