@@ -37,9 +37,7 @@ class Selector:
 def _has_label(identity: Identity, term: Label) -> bool:
     if term.source != ANY_SOURCE:
         return term in identity.labels
-    return any(
-        label.key == term.key and label.value == term.value for label in identity.labels
-    )
+    return any(label.key == term.key and label.value == term.value for label in identity.labels)
 
 
 def parse_selector(text: str) -> Selector:

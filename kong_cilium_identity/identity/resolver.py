@@ -1,0 +1,198 @@
+"""The ordered chain of sources behind one lookup, with caching and singleflight.
+
+Chain: sources are asked in order; the first FOUND or AMBIGUOUS answer ends the chain,
+UNKNOWN and UNAVAILABLE fall through to the next source. When no source found the
+address, the answer is UNKNOWN if any source said so, else UNAVAILABLE (every source
+failed: fail closed with 503). With ``require_agreement`` every source is asked and any
+disagreement (another identity, or found vs unknown) is AMBIGUOUS; a failed source makes
+the whole answer UNAVAILABLE because agreement cannot be proven.
+
+Remote sources (``cacheable``) are wrapped: hits are kept ``ttl`` seconds, UNKNOWN and
+AMBIGUOUS answers ``negative_ttl`` seconds, failures never; concurrent misses for one
+address share one upstream call, which runs on a bounded worker pool so that a source
+that hangs costs the caller its timeout and nothing more.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TLRUCache
+
+from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
+from kong_cilium_identity.identity.shared import SharedPool
+from kong_cilium_identity.identity.sources import SOURCE_KINDS, Source
+
+_WORKERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cilium-identity-lookup")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    ttl: float = 5.0
+    negative_ttl: float = 1.0
+    size: int = 65536
+
+
+class CachedSource:
+    """A remote source behind a TTL cache with singleflight on misses."""
+
+    def __init__(self, inner: Source, settings: CacheSettings) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.cacheable = True
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._cache: TLRUCache[str, Lookup] = TLRUCache(
+            maxsize=settings.size, ttu=self._expires_at, timer=time.monotonic
+        )
+        self._inflight: dict[str, tuple[Future[Lookup], float]] = {}
+
+    def _expires_at(self, _key: str, value: Lookup, now: float) -> float:
+        if value.status is LookupStatus.FOUND:
+            return now + self._settings.ttl
+        return now + self._settings.negative_ttl
+
+    def lookup(self, peer: Peer, timeout: float) -> Lookup:
+        key = peer.address
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+            future = self._join_or_start(peer, timeout)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            return Lookup.unavailable(self.name, f"no answer within {timeout:g}s")
+
+    def _join_or_start(self, peer: Peer, timeout: float) -> Future[Lookup]:
+        """Called with the lock held. A call that outlived its timeout is not joined."""
+        now = time.monotonic()
+        inflight = self._inflight.get(peer.address)
+        if inflight is not None and inflight[1] > now:
+            return inflight[0]
+        future = _WORKERS.submit(self._fetch, peer, timeout)
+        self._inflight[peer.address] = (future, now + timeout)
+        return future
+
+    def _fetch(self, peer: Peer, timeout: float) -> Lookup:
+        try:
+            result = self.inner.lookup(peer, timeout)
+        except Exception as error:  # a source must not raise; if it does, fail closed
+            result = Lookup.unavailable(self.name, f"source raised {error!r}")
+        with self._lock:
+            self._inflight.pop(peer.address, None)
+            if result.status is not LookupStatus.UNAVAILABLE:
+                self._cache[peer.address] = result
+        return result
+
+    def ready(self) -> bool:
+        return self.inner.ready()
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    sources: tuple[tuple[str, Hashable], ...]  # (kind name, parsed settings), in order
+    timeout: float = 0.5
+    require_agreement: bool = False
+    cache: CacheSettings = CacheSettings()
+
+
+class Resolver:
+    def __init__(self, sources: Sequence[Source], settings: ResolverSettings) -> None:
+        self.sources = list(sources)
+        self.settings = settings
+
+    def lookup(self, peer: Peer) -> Lookup:
+        if self.settings.require_agreement:
+            return self._agreed(peer)
+        unknown: Lookup | None = None
+        failures: list[str] = []
+        for source in self.sources:
+            result = _ask(source, peer, self.settings.timeout)
+            if result.status in (LookupStatus.FOUND, LookupStatus.AMBIGUOUS):
+                return result
+            if result.status is LookupStatus.UNKNOWN:
+                unknown = unknown or result
+            else:
+                failures.append(f"{source.name}: {result.detail}")
+        if unknown is not None:
+            return unknown
+        return Lookup.unavailable(",".join(s.name for s in self.sources), "; ".join(failures))
+
+    def _agreed(self, peer: Peer) -> Lookup:
+        answers = [_ask(source, peer, self.settings.timeout) for source in self.sources]
+        failed = [a for a in answers if a.status is LookupStatus.UNAVAILABLE]
+        if failed:
+            detail = "; ".join(f"{a.source}: {a.detail}" for a in failed)
+            return Lookup.unavailable(failed[0].source, f"cannot check agreement: {detail}")
+        for answer in answers:
+            if answer.status is LookupStatus.AMBIGUOUS:
+                return answer
+        ids = {a.identity.id if a.identity else None for a in answers}
+        if len(ids) > 1:
+            seen = ", ".join(
+                f"{a.source}={a.identity.id if a.identity else 'unknown'}" for a in answers
+            )
+            return Lookup.ambiguous("resolver", f"sources disagree: {seen}")
+        return answers[0]
+
+    def ready(self) -> bool:
+        return all(source.ready() for source in self.sources)
+
+
+def _ask(source: Source, peer: Peer, timeout: float) -> Lookup:
+    try:
+        return source.lookup(peer, timeout)
+    except Exception as error:  # a source must not raise; if it does, fail closed
+        return Lookup.unavailable(source.name, f"source raised {error!r}")
+
+
+def _create_source(key: tuple[str, Hashable]) -> Source:
+    kind, settings = key
+    return SOURCE_KINDS[kind].create(settings)
+
+
+def _close_source(source: Source) -> None:
+    source.close()
+
+
+SOURCES: SharedPool[tuple[str, Hashable], Source] = SharedPool(_create_source, _close_source)
+
+
+def _create_resolver(settings: ResolverSettings) -> Resolver:
+    sources: list[Source] = []
+    try:
+        for key in settings.sources:
+            source = SOURCES.acquire(key)
+            sources.append(CachedSource(source, settings.cache) if source.cacheable else source)
+    except Exception:
+        for key in settings.sources[: len(sources)]:
+            SOURCES.release(key)
+        raise
+    return Resolver(sources, settings)
+
+
+def _close_resolver(resolver: Resolver) -> None:
+    for source in resolver.sources:
+        if isinstance(source, CachedSource):
+            source.close()
+    for key in resolver.settings.sources:
+        SOURCES.release(key)
+
+
+RESOLVERS: SharedPool[ResolverSettings, Resolver] = SharedPool(_create_resolver, _close_resolver)
+
+
+def describe_sources() -> dict[str, Any]:
+    """Counts for leak tests and status output."""
+    return {"sources": len(SOURCES), "resolvers": len(RESOLVERS)}

@@ -1,0 +1,50 @@
+"""Process-wide, reference-counted objects shared by plugin instances.
+
+Kong starts one plugin instance per nginx worker and config, and new ones on every
+config reload. Clients, channels, watches and caches must not follow that churn: they
+live once per process and per settings, and close when the last instance lets go.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SharedPool(Generic[K, V]):
+    def __init__(self, create: Callable[[K], V], close: Callable[[V], None]) -> None:
+        self._create = create
+        self._close = close
+        self._lock = threading.Lock()
+        self._entries: dict[K, tuple[V, int]] = {}
+
+    def acquire(self, key: K) -> V:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                value = self._create(key)
+                self._entries[key] = (value, 1)
+                return value
+            value, count = entry
+            self._entries[key] = (value, count + 1)
+            return value
+
+    def release(self, key: K) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            value, count = entry
+            if count > 1:
+                self._entries[key] = (value, count - 1)
+                return
+            del self._entries[key]
+        self._close(value)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
