@@ -20,8 +20,15 @@ MakeHarness = Callable[..., KongHarness]
 def plugin_cmds(script: str, prefix: Path, socket_name: str) -> tuple[list[str], list[str]]:
     path = str(PLUGINS / script)
     query = [sys.executable, path, "--dump"]
-    start = [sys.executable, path, "--kong-prefix", str(prefix), "--socket-name", socket_name,
-             "--no-lua-style"]
+    start = [
+        sys.executable,
+        path,
+        "--kong-prefix",
+        str(prefix),
+        "--socket-name",
+        socket_name,
+        "--no-lua-style",
+    ]
     return query, start
 
 
@@ -40,8 +47,9 @@ def make_harness(short_prefix: Path) -> Iterator[MakeHarness]:
     def make(script: str, *, start: bool = True, **kwargs: object) -> KongHarness:
         socket_name = f"{Path(script).stem}.socket"
         query, start_cmd = plugin_cmds(script, short_prefix, socket_name)
-        harness = KongHarness(query, start_cmd, prefix=short_prefix, socket_name=socket_name,
-                              **kwargs)  # type: ignore[arg-type]
+        harness = KongHarness(
+            query, start_cmd, prefix=short_prefix, socket_name=socket_name, **kwargs
+        )  # type: ignore[arg-type]
         made.append(harness)
         harness.query()
         if start:

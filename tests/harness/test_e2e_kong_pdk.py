@@ -24,21 +24,22 @@ def test_header_plugin_step_names_defaults_and_headers(make_harness: MakeHarness
     plugin = harness.add_plugin({})
     out = harness.request(
         plugin,
-        KongRequest(headers={"X-Multi": ["a", "b"], "Flag": ""}, consumer=CONSUMER,
-                    credential=CREDENTIAL),
+        KongRequest(
+            headers={"X-Multi": ["a", "b"], "Flag": ""}, consumer=CONSUMER, credential=CREDENTIAL
+        ),
     )
     assert out.proxied and out.status == 200 and not out.failed_open, out.kong_log
     assert out.rpc_calls == [
         "plugin.StartInstance",
         "plugin.HandleEvent",
-        "plugin.StepConsumer",     # kong.client.get_consumer
-        "plugin.StepCredential",   # kong.client.get_credential
-        "plugin.StepMultiMap",     # kong.request.get_headers
-        "plugin.StepRoute",        # kong.router.get_route
-        "plugin.StepService",      # kong.router.get_service
-        "plugin.Step",             # kong.ctx.shared.get -> nil
-        "plugin.Step",             # kong.service.request.set_header
-        "plugin.Step",             # kong.service.request.set_headers
+        "plugin.StepConsumer",  # kong.client.get_consumer
+        "plugin.StepCredential",  # kong.client.get_credential
+        "plugin.StepMultiMap",  # kong.request.get_headers
+        "plugin.StepRoute",  # kong.router.get_route
+        "plugin.StepService",  # kong.router.get_service
+        "plugin.Step",  # kong.ctx.shared.get -> nil
+        "plugin.Step",  # kong.service.request.set_header
+        "plugin.Step",  # kong.service.request.set_headers
     ]
     assert out.upstream_headers["x-consumer-id"] == [CONSUMER["id"]]
     assert out.upstream_headers["x-missing"] == ["None"]
@@ -59,8 +60,11 @@ def test_instance_is_reused_then_replaced_on_update(make_harness: MakeHarness) -
     assert again.rpc_calls[0] == "plugin.HandleEvent"
     harness.update_plugin(plugin, {"header": "x-b"})
     updated = harness.request(plugin)
-    assert updated.rpc_calls[:3] == ["plugin.StartInstance", "plugin.CloseInstance",
-                                     "plugin.HandleEvent"]
+    assert updated.rpc_calls[:3] == [
+        "plugin.StartInstance",
+        "plugin.CloseInstance",
+        "plugin.HandleEvent",
+    ]
     assert "x-b" in updated.upstream_headers
 
 
@@ -89,8 +93,9 @@ def test_unknown_pdk_method_answers_none(make_harness: MakeHarness) -> None:
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first-call", "after-a-call"])
-def test_response_error_ends_the_event_without_reply(make_harness: MakeHarness,
-                                                     first: bool) -> None:
+def test_response_error_ends_the_event_without_reply(
+    make_harness: MakeHarness, first: bool
+) -> None:
     harness = make_harness("probe_plugin.py")
     steps = [] if first else [["call", "kong.client.get_ip"]]
     plugin = harness.add_plugin(script(*steps, ["call", "kong.response.error", 403]))
@@ -105,7 +110,8 @@ def test_response_error_ends_the_event_without_reply(make_harness: MakeHarness,
 def test_response_exit_with_table_body_and_headers(make_harness: MakeHarness) -> None:
     harness = make_harness("probe_plugin.py")
     plugin = harness.add_plugin(
-        script(["call", "kong.response.exit", 401, {"message": "no"}, {"WWW-Authenticate": "x"}]))
+        script(["call", "kong.response.exit", 401, {"message": "no"}, {"WWW-Authenticate": "x"}])
+    )
     out = harness.request(plugin)
     assert (out.status, out.body) == (401, {"message": "no"})
     assert out.response_headers["www-authenticate"] == ["x"]
@@ -161,8 +167,7 @@ def test_no_plugin_instance_after_restart_resets_and_retries(make_harness: MakeH
     harness.restart_server()
     out = harness.request(plugin, worker=0)
     assert out.proxied and not out.failed_open
-    assert out.rpc_calls[:3] == ["plugin.HandleEvent", "plugin.StartInstance",
-                                 "plugin.HandleEvent"]
+    assert out.rpc_calls[:3] == ["plugin.HandleEvent", "plugin.StartInstance", "plugin.HandleEvent"]
     assert any(level == "warn" and "no plugin instance" in m for level, m in out.kong_log)
     # 3.9 resets every worker's cache: worker 1 starts a fresh instance without an error.
     assert harness.request(plugin, worker=1).rpc_calls[0] == "plugin.StartInstance"
@@ -183,7 +188,8 @@ def test_invalid_utf8_header_kills_the_connection_and_fails_open(
 def test_lua_error_in_pdk_function_is_500(make_harness: MakeHarness) -> None:
     harness = make_harness("probe_plugin.py")
     plugin = harness.add_plugin(
-        script(["call", "kong.service.request.set_header", "x-a", {"nested": "table"}]))
+        script(["call", "kong.service.request.set_header", "x-a", {"nested": "table"}])
+    )
     out = harness.request(plugin)
     assert out.status == 500 and not out.proxied and not out.failed_open
     assert out.rpc_calls[-1] == "plugin.HandleEvent"  # the plugin never got a reply
@@ -191,13 +197,15 @@ def test_lua_error_in_pdk_function_is_500(make_harness: MakeHarness) -> None:
 
 def test_authenticate_and_load_consumer(make_harness: MakeHarness) -> None:
     harness = make_harness("probe_plugin.py")
-    plugin = harness.add_plugin(script(
-        ["call", "kong.client.load_consumer", "checkout", True],
-        ["call", "kong.client.load_consumer", "not-a-uuid-but-unknown", True],
-        ["call", "kong.client.authenticate", CONSUMER, None],
-        ["call", "kong.client.get_consumer"],
-        ["report"],
-    ))
+    plugin = harness.add_plugin(
+        script(
+            ["call", "kong.client.load_consumer", "checkout", True],
+            ["call", "kong.client.load_consumer", "not-a-uuid-but-unknown", True],
+            ["call", "kong.client.authenticate", CONSUMER, None],
+            ["call", "kong.client.get_consumer"],
+            ["report"],
+        )
+    )
     out = harness.request(plugin, KongRequest(consumers=[CONSUMER]))
     results = json.loads(out.upstream_headers["x-probe"][0])
     assert results == [CONSUMER, None, None, CONSUMER]

@@ -13,10 +13,15 @@ priority = 1000
 Schema = (
     {"header": {"type": "string", "default": "x-consumer-id"}},
     {"mode": {"type": "string", "default": "enforce", "one_of": ["enforce", "monitor"]}},
-    {"limits": {"type": "record", "fields": [
-        {"max": {"type": "integer", "default": 5, "between": [1, 10]}},
-        {"note": {"type": "string"}},
-    ]}},
+    {
+        "limits": {
+            "type": "record",
+            "fields": [
+                {"max": {"type": "integer", "default": 5, "between": [1, 10]}},
+                {"note": {"type": "string"}},
+            ],
+        }
+    },
     {"tags": {"type": "array", "elements": {"type": "string"}}},
 )
 
@@ -34,11 +39,13 @@ class Plugin:
         missing = kong.ctx.shared.get("missing")
         consumer_id = consumer["id"] if consumer else "anonymous"
         kong.service.request.set_header(self.config["header"], consumer_id)
-        kong.service.request.set_headers({
-            "x-config": json.dumps(self.config, sort_keys=True),
-            "x-seen-headers": json.dumps(headers, sort_keys=True),
-            "x-missing": repr(missing),
-        })
+        kong.service.request.set_headers(
+            {
+                "x-config": json.dumps(self.config, sort_keys=True),
+                "x-seen-headers": json.dumps(headers, sort_keys=True),
+                "x-missing": repr(missing),
+            }
+        )
 
     def log(self, kong):
         serialized = kong.log.serialize()

@@ -42,7 +42,8 @@ class Plugin:
                 time.sleep(step[1])
             elif op == "report":
                 kong.service.request.set_header(
-                    "x-probe", json.dumps(results, default=_json_safe, sort_keys=True))
+                    "x-probe", json.dumps(results, default=_json_safe, sort_keys=True)
+                )
             elif op == "call":
                 method, args = step[1], step[2:]
                 func = functools.reduce(getattr, method.split(".")[1:], kong)
