@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ID_SPACE: Final = 2**31
 LOG_METHOD_PREFIX: Final = "kong.log"
+EVENT_ATTRIBUTE: Final = "cilium_event"  # set on each event's greenlet
 _LOG_ARG_TYPES: Final = (str, int, list, dict)
 
 
@@ -88,15 +89,11 @@ class Event:
         self.pending: Any = None  # the Kong request waiting for this event's next message
         # The greenlet is created, and so bound, on the worker's thread.
         self.greenlet = greenlet.greenlet(run=_run_phase(handler, event_id))
-        self.greenlet.cilium_event = self
+        setattr(self.greenlet, EVENT_ATTRIBUTE, self)
 
     @property
     def dead(self) -> bool:
         return bool(self.greenlet.dead)
-
-    def resume(self, value: Any) -> Any:
-        """Run plugin code until its next PDK call (returned) or its end (an Outcome)."""
-        return self.greenlet.switch(value)
 
     def abandon_code(self) -> Any:
         """Unwind plugin code that is parked in a PDK call (it sees EventAbandoned)."""
@@ -130,11 +127,6 @@ class Event:
         if self.lua_style:
             return None, err
         raise self.pdk_error(err)
-
-
-def current_event() -> Event | None:
-    event: Event | None = getattr(greenlet.getcurrent(), "cilium_event", None)
-    return event
 
 
 def _run_phase(handler: Callable[[Any], object], event_id: int) -> Callable[[Any], Outcome]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from greenlet import getcurrent
 from kong_pdk.exception import PDKException
 
-from kong_cilium_identity.server.events import current_event
+from kong_cilium_identity.server.events import EVENT_ATTRIBUTE, Event
 
 
 class KongProxy:
@@ -35,7 +36,7 @@ class KongProxy:
         return child
 
     def __call__(self, *args: Any) -> Any:
-        event = current_event()
+        event: Event | None = getattr(getcurrent(), EVENT_ATTRIBUTE, None)
         if event is None:
             raise PDKException(f"{self._path}: the PDK is only available to plugin code")
         return event.pdk_call(self._path, args)

@@ -18,6 +18,8 @@ LAUNCH = HERE / "launch.py"
 PLUGINS = {
     "probe": ROOT / "tests" / "harness" / "plugins" / "probe_plugin.py",
     "gate": HERE / "plugins" / "gate_plugin.py",
+    "after-exit": HERE / "plugins" / "after_exit_plugin.py",
+    "noop": HERE / "plugins" / "noop_plugin.py",
     "cilium-identity": ROOT / "kong_cilium_identity" / "plugin.py",
 }
 SOCKET = "plugin.socket"

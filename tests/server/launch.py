@@ -46,7 +46,7 @@ def main() -> None:
         if args.dump:
             print(json.dumps([plugin_info(module.Plugin, schema=schema, **meta)]))
             return
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         serve(
             module.Plugin,
             schema=schema,

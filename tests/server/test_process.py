@@ -1,0 +1,193 @@
+"""Process behaviour: signals, Kong's death, threads and memory per event."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kong_cilium_identity.testing.kong import KongHarness
+from kong_cilium_identity.testing.kong_load import KongLoad, LoadRequest
+from kong_cilium_identity.testing.msgpack_rpc import RpcClient
+from tests.harness.conftest import script
+from tests.server.conftest import SERVERS, SOCKET, MakeKong, commands
+
+
+def proc_status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def rpc_for(kong: KongHarness) -> RpcClient:
+    return RpcClient(str(kong.socket_path), read_timeout=5.0, log=lambda level, msg: None)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_removes_the_socket_and_exits_zero(prefix: Path, server: str) -> None:
+    _, start = commands(server, "probe", prefix)
+    proc = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socket_path = prefix / SOCKET
+    try:
+        assert wait_for(socket_path.exists)
+        time.sleep(0.2)  # past start-up, into the serving loop
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    if server == "stock":
+        assert code == -signal.SIGTERM and socket_path.exists()  # killed, socket left behind
+        return
+    assert code == 0 and not socket_path.exists()
+
+
+def test_exits_when_kong_is_gone(prefix: Path) -> None:
+    _, start = commands("ours", "probe", prefix)
+    kong = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "server = subprocess.Popen(sys.argv[1:])\n"
+            "print(server.pid, flush=True)\n"
+            "time.sleep(1.0)\n",
+            *start,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert kong.stdout is not None
+    server_pid = int(kong.stdout.readline())
+    try:
+        assert wait_for((prefix / SOCKET).exists)
+        kong.wait(timeout=10)  # "Kong" exits without stopping its plugin server
+        assert wait_for(lambda: gone(server_pid))
+        assert not (prefix / SOCKET).exists()
+    finally:
+        if not gone(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_no_thread_per_event(make_kong: MakeKong, server: str) -> None:
+    kong = make_kong(server)
+    assert kong.server_pid is not None
+    rpc = rpc_for(kong)
+    config = json.dumps(script(["call", "kong.client.get_ip"]))
+    instance_id = rpc.call("plugin.StartInstance", {"Name": "probe", "Config": config})["Id"]
+    before = proc_status(kong.server_pid, "Threads")
+    events = [
+        rpc.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+        for _ in range(20)
+    ]  # 20 events, each parked in its first PDK call
+    during = proc_status(kong.server_pid, "Threads")
+    for event in events:
+        assert (
+            rpc.call("plugin.Step", {"EventId": event["EventId"], "Data": "10.0.0.1"})["Data"]
+            == "ret"
+        )
+    if server == "stock":
+        assert during == before + 20
+    else:
+        assert during == before
+
+
+def exits(rpc: RpcClient, first: int, after: int, pairs: int) -> None:
+    for _ in range(pairs):
+        rpc.call("plugin.HandleEvent", {"InstanceId": first, "EventName": "access"})
+        parked = rpc.call("plugin.HandleEvent", {"InstanceId": after, "EventName": "access"})
+        rpc.call("plugin.Step", {"EventId": parked["EventId"], "Data": "10.0.0.1"})
+
+
+@pytest.mark.parametrize("server", [*SERVERS, "stock-gevent"])
+def test_exits_leave_nothing_behind(make_kong: MakeKong, server: str) -> None:
+    """kong-pdk keeps each event whose first PDK call is an exit (and, with gevent, a
+    greenlet per exit); ours keeps nothing."""
+    kong = make_kong(server)
+    assert kong.server_pid is not None
+    rpc = rpc_for(kong)
+
+    def start(steps: list[list[Any]]) -> int:
+        config = json.dumps(script(*steps))
+        return int(rpc.call("plugin.StartInstance", {"Name": "probe", "Config": config})["Id"])
+
+    first = start([["call", "kong.response.error", 403]])
+    after = start([["call", "kong.client.get_ip"], ["call", "kong.response.exit", 403]])
+    exits(rpc, first, after, 200)  # warm up
+    before = proc_status(kong.server_pid, "VmRSS")
+    exits(rpc, first, after, 1000)
+    growth_kib = proc_status(kong.server_pid, "VmRSS") - before
+    if server == "ours":
+        assert rpc.call("plugin.GetStatus")["Events"] == 0
+        assert growth_kib < 2048
+    else:
+        assert growth_kib > 4096  # about 4 KiB (threads) to 10 KiB (gevent) per exit
+
+
+def test_memory_is_flat_across_mixed_allow_and_deny(make_kong: MakeKong) -> None:
+    """The benchmark runs 1,000,000 events; CI runs fewer."""
+    kong = make_kong("ours", "cilium-identity")
+    assert kong.server_pid is not None
+    conf = kong.add_plugin(
+        {
+            "sources": ["static"],
+            "static": {
+                "entries": [
+                    {"address": "10.0.1.200", "id": 48861, "labels": ["k8s:app=checkout"]},
+                    {"address": "10.0.1.201", "id": 51022, "labels": ["k8s:app=payments"]},
+                ]
+            },
+            "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+        }
+    ).conf
+    consumer = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout"}
+    credential = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001", "consumer": {"id": consumer["id"]}}
+
+    def request(ip: str) -> LoadRequest:
+        return LoadRequest(
+            {
+                "kong.client.get_consumer": consumer,
+                "kong.client.get_credential": credential,
+                "kong.client.get_ip": ip,
+                "kong.request.get_headers": {"host": ["api.local"]},
+            }
+        )
+
+    load = KongLoad(str(kong.socket_path), plugin_name="cilium-identity", conf=conf)
+    rss: list[int] = []
+    result = load.run(
+        [request("10.0.1.200"), request("10.0.1.201")],
+        30_000,
+        every=3_000,
+        on_progress=lambda done: rss.append(proc_status(kong.server_pid or 0, "VmRSS")),
+    )
+    assert result.outcomes == {"proxied": 15_000, "error 403": 15_000}
+    assert max(rss) <= rss[0] * 1.10, rss
+    assert rpc_for(kong).call("plugin.GetStatus")["Events"] == 0

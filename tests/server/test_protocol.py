@@ -1,0 +1,154 @@
+"""Our server speaks Kong's msgpack-RPC protocol: shapes, wording, every Step variant."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from kong_cilium_identity.server.protocol import FAIL_CLOSED, STEP_VARIANTS
+from kong_cilium_identity.testing.kong import KongHarness, KongRequest
+from kong_cilium_identity.testing.msgpack_rpc import RpcClient, RpcError
+from tests.harness.conftest import script
+from tests.server.conftest import MakeKong
+
+
+def rpc_for(kong: KongHarness) -> RpcClient:
+    return RpcClient(str(kong.socket_path), read_timeout=5.0, log=lambda level, msg: None)
+
+
+def start(rpc: RpcClient, config: dict[str, Any], name: str = "probe") -> int:
+    status = rpc.call("plugin.StartInstance", {"Name": name, "Config": json.dumps(config)})
+    instance_id = status["Id"]
+    assert isinstance(instance_id, int) and 0 <= instance_id < 2**31
+    return instance_id
+
+
+def wait_for_output(kong: KongHarness, text: str) -> str:
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        for line in kong.server_output:
+            if text in line:
+                return line
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in the server output")
+
+
+def test_instance_management_shapes_and_errors(make_kong: MakeKong) -> None:
+    kong = make_kong("ours")
+    rpc = rpc_for(kong)
+    config = script(["call", "kong.client.get_ip"])
+    instance_id = start(rpc, config)
+    status = rpc.call("plugin.InstanceStatus", instance_id)
+    assert status["Name"] == "probe" and status["Id"] == instance_id
+    assert status["Config"] == config and isinstance(status["StartTime"], float)
+    overall = rpc.call("plugin.GetStatus")
+    assert overall["Pid"] == kong.server_pid
+    assert [i["Id"] for i in overall["Plugins"]["probe"]["Instances"]] == [instance_id]
+    info = rpc.call("plugin.GetPluginInfo", "probe")
+    assert info["Name"] == "probe" and info["Phases"] == ["access"]
+    assert info["Version"] == kong.info.version and info["Priority"] == kong.info.priority
+    closed = rpc.call("plugin.CloseInstance", instance_id)
+    assert closed == {"Name": "probe", "Id": instance_id, "Config": config}
+    for method, params in [
+        ("plugin.InstanceStatus", instance_id),
+        ("plugin.CloseInstance", instance_id),
+        ("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"}),
+    ]:
+        with pytest.raises(RpcError, match=f"^no plugin instance #{instance_id}$"):
+            rpc.call(method, params)
+    with pytest.raises(RpcError, match="not initialized"):
+        rpc.call("plugin.StartInstance", {"Name": "other", "Config": "{}"})
+
+
+def test_instance_ids_differ_across_restarts(make_kong: MakeKong) -> None:
+    kong = make_kong("ours")
+    first = start(rpc_for(kong), script())
+    kong.restart_server()
+    assert start(rpc_for(kong), script()) != first
+
+
+def test_every_step_variant_resumes_the_event(make_kong: MakeKong) -> None:
+    kong = make_kong("ours", lua_style=True)
+    rpc = rpc_for(kong)
+    variants = sorted(STEP_VARIANTS)
+    steps = [["call", "kong.client.get_ip"] for _ in variants]
+    instance_id = start(rpc, script(*steps, ["report"]))
+    reply = rpc.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+    event_id = reply["EventId"]
+    for n, variant in enumerate(variants):
+        assert reply["Data"] == {"Method": "kong.client.get_ip", "Args": []}
+        reply = rpc.call(variant, {"EventId": event_id, "Data": f"10.0.0.{n}"})
+        assert reply["EventId"] == event_id
+    report = reply["Data"]
+    assert report["Method"] == "kong.service.request.set_header"
+    results = json.loads(report["Args"][1])
+    assert results == [[f"10.0.0.{n}", None] for n in range(len(variants))]  # Lua style
+    assert rpc.call("plugin.Step", {"EventId": event_id}) == {"EventId": event_id, "Data": "ret"}
+
+
+def test_steps_of_one_event_may_use_different_connections(make_kong: MakeKong) -> None:
+    kong = make_kong("ours")
+    first_pool, second_pool = rpc_for(kong), rpc_for(kong)
+    instance_id = start(first_pool, script(["call", "kong.client.get_ip"], ["report"]))
+    one = first_pool.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+    two = second_pool.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+    one = second_pool.call("plugin.Step", {"EventId": one["EventId"], "Data": "10.0.0.1"})
+    two = first_pool.call("plugin.Step", {"EventId": two["EventId"], "Data": "10.0.0.2"})
+    assert json.loads(one["Data"]["Args"][1]) == ["10.0.0.1"]
+    assert json.loads(two["Data"]["Args"][1]) == ["10.0.0.2"]
+
+
+@pytest.mark.parametrize("lua_style", [True, False], ids=["lua-style", "no-lua-style"])
+def test_step_error_is_delivered_as_an_error(make_kong: MakeKong, lua_style: bool) -> None:
+    kong = make_kong("ours", lua_style=lua_style)
+    rpc = rpc_for(kong)
+    instance_id = start(rpc, script(["call", "kong.client.get_ip"], ["report"]))
+    reply = rpc.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+    reply = rpc.call("plugin.StepError", {"EventId": reply["EventId"], "Data": "boom"})
+    if lua_style:
+        assert json.loads(reply["Data"]["Args"][1]) == [[None, "boom"]]
+    else:  # PDKException, uncaught by the plugin: the request is refused
+        assert reply["Data"] == FAIL_CLOSED
+
+
+def test_unknown_event_id_is_refused_not_an_error(make_kong: MakeKong) -> None:
+    kong = make_kong("ours")
+    reply = rpc_for(kong).call("plugin.StepConsumer", {"EventId": 12345, "Data": None})
+    assert reply == {"EventId": 12345, "Data": FAIL_CLOSED}
+    assert "event id 12345 not found" in wait_for_output(kong, "not found")
+
+
+def test_log_arguments_are_sent_as_kong_pdk_sends_them(make_kong: MakeKong) -> None:
+    kong = make_kong("ours")
+    rpc = rpc_for(kong)
+    instance_id = start(rpc, script(["call", "kong.log.info", True, None, 1.5, "x", 2, [1]]))
+    reply = rpc.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+    assert reply["Data"] == {
+        "Method": "kong.log.info",
+        "Args": ["True", "None", "1.5", "x", 2, [1]],
+    }
+
+
+@pytest.mark.parametrize("lua_style", [True, False], ids=["lua-style", "no-lua-style"])
+def test_pdk_calls_after_exit_return_at_once(make_kong: MakeKong, lua_style: bool) -> None:
+    kong = make_kong("ours", "after-exit", lua_style=lua_style)
+    out = kong.request(kong.add_plugin({}))
+    assert out.status == 403 and out.pdk_calls == ["kong.response.exit"]
+    line = wait_for_output(kong, "after exit:")
+    if lua_style:
+        assert "log=(None, None) call=(None, 'kong.client.get_ip: the request already" in line
+    else:
+        assert "log=None call='raised PDKException'" in line
+    assert rpc_for(kong).call("plugin.GetStatus")["Events"] == 0
+
+
+def test_invalid_utf8_reaches_the_plugin_as_surrogates(make_kong: MakeKong) -> None:
+    kong = make_kong("ours")
+    plugin = kong.add_plugin(script(["call", "kong.request.get_headers"], ["report"]))
+    out = kong.request(plugin, KongRequest(headers={"x-bad": b"a\xffb"}))
+    assert out.proxied and not out.failed_open
+    seen = json.loads(out.upstream_headers["x-probe"][0].encode("utf-8", "surrogateescape"))
+    assert seen[0]["x-bad"] == ["a\udcffb"]
