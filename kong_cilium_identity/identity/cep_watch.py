@@ -70,6 +70,13 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def _describe(error: Exception) -> str:
+    """One line for the log (ApiException's own text spans headers and body)."""
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
 def _response_lines(response: Any) -> Iterator[bytes]:
     pending = b""
     for chunk in response.stream(amt=None, decode_content=False):
@@ -174,7 +181,10 @@ class ListWatch:
                     failures, self._settings.backoff_initial, self._settings.backoff_max
                 )
                 log.warning(
-                    "%s list/watch failed (%s); retrying in %.2fs", self.plural, error, delay
+                    "%s list/watch failed (%s); retrying in %.2fs",
+                    self.plural,
+                    _describe(error),
+                    delay,
                 )
                 self._stopping.wait(delay)
                 continue
@@ -242,11 +252,13 @@ class ListWatch:
             timeout_seconds=timeout,
             _request_timeout=(self._settings.request_timeout, timeout + READ_SLACK),
         )
-        self._response = response
+        self._response = response  # set before the check below: close() sees one or the other
         self._disconnected_since = None
         self.stats["watches"] += 1
         events = 0
         try:
+            if self._stopping.is_set():
+                return False
             for line in _response_lines(response):
                 if self._stopping.is_set():
                     break

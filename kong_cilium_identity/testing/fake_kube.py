@@ -20,6 +20,7 @@ import base64
 import contextlib
 import copy
 import json
+import select
 import socket
 import threading
 import time
@@ -34,6 +35,7 @@ GROUP_VERSION = "cilium.io/v2"
 KINDS = {"ciliumendpoints": "CiliumEndpoint", "ciliumidentities": "CiliumIdentity"}
 PLURALS = {kind: plural for plural, kind in KINDS.items()}
 DEFAULT_WATCH_TIMEOUT = 1800
+PEER_CHECK = 0.2  # how often an idle watch stream checks that its client is still there
 
 
 def status_object(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -56,13 +58,19 @@ def cilium_endpoint(
     ipv4: str | None = None,
     ipv6: str | None = None,
     identity_id: int | None = 48861,
-    labels: Iterable[str] = (),
+    labels: Iterable[str] | None = None,
     pod_uid: str | None = None,
     state: str = "ready",
     node: str = "172.18.0.3",
     service_account: str | None = None,
 ) -> dict[str, Any]:
-    """A CiliumEndpoint shaped like the real ones (see the captured fixture)."""
+    """A CiliumEndpoint shaped like the real ones (see the captured fixture).
+
+    ``labels`` default to an app label and the namespace label; pass ``()`` for an
+    endpoint that carries only the numeric id.
+    """
+    if labels is None:
+        labels = [f"k8s:app={name}", f"k8s:io.kubernetes.pod.namespace={namespace}"]
     pod_uid = pod_uid or str(uuid.uuid4())
     addressing: dict[str, str] = {}
     if ipv4:
@@ -148,7 +156,7 @@ class FakeKubeApi:
         self._watchers: list[_Watcher] = []
         self._connections: set[socket.socket] = set()
         self._snapshots: dict[str, _Snapshot] = {}
-        self._failures: list[int] = []
+        self._failures: list[int | None] = []
         self._server: ThreadingHTTPServer | None = None
         self._port = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -260,10 +268,11 @@ class FakeKubeApi:
         for watcher in watchers:
             _shut(watcher.connection)
 
-    def fail_next(self, status: int, count: int = 1) -> None:
-        """Answer the next ``count`` requests with an error Status."""
+    def fail_next(self, status: int, count: int = 1, after: int = 0) -> None:
+        """Serve ``after`` more requests normally, then answer ``count`` requests with an
+        error Status."""
         with self._cond:
-            self._failures.extend([status] * count)
+            self._failures.extend([None] * after + [status] * count)
 
     def _emit(self, plural: str, kind: str, obj: Mapping[str, Any]) -> None:
         line = json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
@@ -375,8 +384,10 @@ class FakeKubeApi:
     def _next_lines(
         self, watcher: _Watcher, position: int, deadline: float
     ) -> tuple[list[bytes], int, bool]:
-        """Wait for events after ``position``; returns lines, new position, and whether the
-        stream goes on. A watcher left behind by compaction gets a 410 ERROR event."""
+        """Wait (at most ``PEER_CHECK`` seconds) for events after ``position``; returns
+        lines, the new position, and whether the stream goes on. A watcher left behind by
+        compaction gets a 410 ERROR event."""
+        wake = min(deadline, time.monotonic() + PEER_CHECK)
         with self._cond:
             while True:
                 if watcher.cut:
@@ -397,15 +408,27 @@ class FakeKubeApi:
                     if lines:
                         return lines, position, True
                     continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     return [], position, False
-                self._cond.wait(remaining)
+                if now >= wake:
+                    return [], position, True
+                self._cond.wait(wake - now)
 
     def _end_watch(self, watcher: _Watcher) -> None:
         with self._cond:
             if watcher in self._watchers:
                 self._watchers.remove(watcher)
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    readable, _, _ = select.select([connection], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _shut(connection: socket.socket) -> None:
@@ -445,7 +468,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         failure = fake._take_failure()
         if failure is not None:
-            self._send_json(failure, status_object(failure, "InternalError", "injected failure"))
+            reason = "Expired" if failure == 410 else "InternalError"
+            self._send_json(failure, status_object(failure, reason, "injected failure"))
             return
         prefix = f"/apis/{GROUP_VERSION}/"
         plural = parts.path[len(prefix) :] if parts.path.startswith(prefix) else ""
@@ -492,7 +516,9 @@ class _Handler(BaseHTTPRequestHandler):
                 lines, position, more = fake._next_lines(watcher, position, deadline)
                 if lines:
                     self._chunk(b"".join(lines))
-                if not more:
+                elif more and _peer_closed(self.connection):
+                    watcher.cut = True  # the client went away: stop like the API server
+                if not more or watcher.cut:
                     break
             if not watcher.cut:
                 self._chunk(b"")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     parse_settings,
 )
 from kong_cilium_identity.testing.fake_kube import FakeKubeApi
+from tests.kubernetes.helpers import FAST
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,23 +31,6 @@ def real_cep() -> dict[str, Any]:
     path = real_fixtures() / "k8s-crd" / "ciliumendpoint-v1.15.0-rc.1-wcni-kind.json"
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within {timeout}s")
-        time.sleep(0.005)
-
-
-FAST = {
-    "backoff_initial": 0.02,
-    "backoff_max": 0.1,
-    "request_timeout": 2,
-    "watch_timeout": 30,
-    "max_stale": 60,
-}
 
 
 @pytest.fixture
