@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,22 +13,12 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     parse_settings,
 )
 from kong_cilium_identity.testing.fake_kube import FakeKubeApi
-from tests.kubernetes.helpers import FAST
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def real_fixtures() -> Path:
-    """``../shared/fixtures/real`` beside the repository (as CI clones it), else /work."""
-    beside = REPO_ROOT.parent / "shared" / "fixtures" / "real"
-    return beside if beside.is_dir() else Path("/work/shared/fixtures/real")
+from tests.kubernetes.helpers import FAST, load_real_cep
 
 
 @pytest.fixture
 def real_cep() -> dict[str, Any]:
-    path = real_fixtures() / "k8s-crd" / "ciliumendpoint-v1.15.0-rc.1-wcni-kind.json"
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+    return load_real_cep()
 
 
 @pytest.fixture

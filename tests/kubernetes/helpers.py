@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.kubernetes import KubernetesSource
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REAL_CEP = "k8s-crd/ciliumendpoint-v1.15.0-rc.1-wcni-kind.json"
+
+
+def real_fixtures() -> Path:
+    """``../shared/fixtures/real`` beside the repository (as CI clones it), else /work."""
+    beside = REPO_ROOT.parent / "shared" / "fixtures" / "real"
+    return beside if beside.is_dir() else Path("/work/shared/fixtures/real")
+
+
+def load_real_cep() -> dict[str, Any]:
+    """The captured ``kubectl get ciliumendpoint wluo-mvz4t -o json``."""
+    data: dict[str, Any] = json.loads((real_fixtures() / REAL_CEP).read_text(encoding="utf-8"))
+    return data
+
 
 # Quick retries and a short server-side watch timeout keep the suite fast.
 FAST = {
