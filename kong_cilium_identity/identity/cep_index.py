@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -99,14 +100,22 @@ class MalformedObject(ValueError):
 
 def object_key(obj: Mapping[str, Any]) -> str:
     metadata = obj.get("metadata")
-    if not isinstance(metadata, Mapping) or not metadata.get("name"):
+    if not isinstance(metadata, dict) or not metadata.get("name"):
         raise MalformedObject("object without metadata.name")
     namespace = metadata.get("namespace") or ""
     return f"{namespace}/{metadata['name']}"
 
 
 def canonical_address(text: str) -> str:
-    """The text form ``Peer.address`` uses: IPv6 compressed, IPv4-mapped folded to IPv4."""
+    """The text form ``Peer.address`` uses: IPv6 compressed, IPv4-mapped folded to IPv4.
+
+    IPv4 takes a C fast path (the list of 100,000 endpoints parses every address).
+    """
+    if ":" not in text:
+        try:
+            return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+        except OSError:
+            raise ValueError(f"{text!r} is not an IPv4 address") from None
     address = ipaddress.ip_address(text)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
@@ -115,11 +124,11 @@ def canonical_address(text: str) -> str:
 
 def _addresses(status: Mapping[str, Any]) -> tuple[str, ...]:
     networking = status.get("networking")
-    if not isinstance(networking, Mapping):
+    if not isinstance(networking, dict):
         return ()
     found: list[str] = []
     for pair in networking.get("addressing") or ():
-        if not isinstance(pair, Mapping):
+        if not isinstance(pair, dict):
             continue
         for family in ("ipv4", "ipv6"):
             text = pair.get(family)
@@ -136,7 +145,7 @@ def _addresses(status: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _pod_uid(metadata: Mapping[str, Any]) -> str | None:
     for owner in metadata.get("ownerReferences") or ():
-        if isinstance(owner, Mapping) and owner.get("kind") == "Pod" and owner.get("uid"):
+        if isinstance(owner, dict) and owner.get("kind") == "Pod" and owner.get("uid"):
             return str(owner["uid"])
     return None
 
@@ -148,21 +157,21 @@ def parse_endpoint(
     key = object_key(obj)
     metadata: Mapping[str, Any] = obj["metadata"]
     status = obj.get("status")
-    if not isinstance(status, Mapping):
+    if not isinstance(status, dict):
         status = {}
     state = str(status.get("state") or "")
     addresses = _addresses(status)
     networking = status.get("networking")
-    node_ip = networking.get("node") if isinstance(networking, Mapping) else None
+    node_ip = networking.get("node") if isinstance(networking, dict) else None
     identity: Identity | None = None
     labels_missing = False
     raw_identity = status.get("identity")
-    if isinstance(raw_identity, Mapping) and raw_identity.get("id") is not None:
+    if isinstance(raw_identity, dict) and raw_identity.get("id") is not None:
         try:
             identity_id = int(raw_identity["id"])
-            texts = tuple(str(text) for text in raw_identity.get("labels") or ())
+            texts = tuple(raw_identity.get("labels") or ())
             label_set = interner.intern(texts) if texts else EMPTY_LABELS
-        except (TypeError, ValueError, LabelError) as error:
+        except (TypeError, ValueError, AttributeError, LabelError) as error:
             raise MalformedObject(f"{key}: bad status.identity: {error}") from None
         labels_missing = not texts
         identity = Identity(
