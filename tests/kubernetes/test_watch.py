@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from kong_cilium_identity.identity.cep_watch import backoff_delay
+from kong_cilium_identity.identity.cep_watch import backoff_delay, gc_paused
 from kong_cilium_identity.identity.model import LookupStatus
 from kong_cilium_identity.identity.sources.kubernetes import (
     KubernetesSource,
@@ -253,3 +256,50 @@ def test_close_stops_the_watch(fake: FakeKubeApi, make_source: SourceFactory) ->
     source.close()
     wait_until(lambda: fake.watchers(CEP) == 0)
     assert not source.endpoints._thread.is_alive()
+
+
+def test_kubeconfig_path_reaches_the_api_server(fake: FakeKubeApi, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                "users": [{"name": "reader", "user": {"token": "unused"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "reader"}}],
+                "current-context": "other",
+            }
+        )
+    )
+    fake.put(cilium_endpoint("k", ipv4="10.1.10.1", identity_id=1000))
+    settings = {"kubeconfig": str(kubeconfig), "context": "fake", **FAST}
+    source = create(parse_settings(settings))
+    try:
+        assert source.wait_ready(10) and found_id(source, "10.1.10.1") == 1000
+    finally:
+        source.close()
+
+
+def test_watch_connections_use_tcp_keepalive(fake: FakeKubeApi, make_source: SourceFactory) -> None:
+    source = started(make_source, fake)
+    wait_until(lambda: source.endpoints._response is not None)
+    sock = source.endpoints._response.connection.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+
+
+def test_gc_pause_nests_and_restores_the_collector() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()

@@ -11,12 +11,14 @@ False: the resolver must not keep its answers.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 
 from kong_cilium_identity.identity.cep_index import EndpointIndex, canonical_address
@@ -28,6 +30,9 @@ NAME = "kubernetes"
 ENDPOINTS = "ciliumendpoints"
 IDENTITIES = "ciliumidentities"
 WAIT_LOG_INTERVAL = 10.0
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
 
 log = logging.getLogger(__name__)
 
@@ -126,28 +131,54 @@ def _token_refresher(path: str) -> Callable[[Any], None]:
     return refresh
 
 
-def api_client(settings: KubernetesSettings) -> Any:
-    """A kubernetes ``ApiClient`` for the configured API server."""
-    try:
-        if settings.api_url:
-            configuration: Any = client.Configuration()
-            configuration.host = settings.api_url.rstrip("/")
-            if settings.ca_file:
-                configuration.ssl_ca_cert = settings.ca_file
-            if settings.token_file:
-                configuration.api_key["authorization"] = _read_token(settings.token_file)
-                configuration.api_key_prefix["authorization"] = "Bearer"
-                configuration.refresh_api_key_hook = _token_refresher(settings.token_file)
-            return client.ApiClient(configuration)
-        if settings.kubeconfig:
-            return config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=settings.kubeconfig, context=settings.context, persist_config=False
-            )
-        configuration = client.Configuration()
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    """urllib3's defaults plus TCP keepalive, so that a watch whose peer vanished without
+    a FIN (node gone, NAT entry dropped) breaks after about ``KEEPALIVE_IDLE +
+    KEEPALIVE_INTERVAL * KEEPALIVE_COUNT`` seconds instead of hanging until its read
+    timeout; the source then counts as stale and the loop reconnects."""
+    options = list(urllib3.connection.HTTPConnection.default_socket_options)
+    options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, name):  # Linux names; other platforms keep their defaults
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
+def _configuration(settings: KubernetesSettings) -> Any:
+    configuration: Any = client.Configuration()
+    if settings.api_url:
+        configuration.host = settings.api_url.rstrip("/")
+        if settings.ca_file:
+            configuration.ssl_ca_cert = settings.ca_file
+        if settings.token_file:
+            configuration.api_key["authorization"] = _read_token(settings.token_file)
+            configuration.api_key_prefix["authorization"] = "Bearer"
+            configuration.refresh_api_key_hook = _token_refresher(settings.token_file)
+    elif settings.kubeconfig:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=settings.kubeconfig,
+            context=settings.context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    else:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.ApiClient(configuration)
+    return configuration
+
+
+def api_client(settings: KubernetesSettings) -> Any:
+    """A kubernetes ``ApiClient`` for the configured API server (api_url, else kubeconfig,
+    else the pod's service account)."""
+    try:
+        configuration = _configuration(settings)
     except (OSError, config.ConfigException) as error:
         raise ConfigError(f"kubernetes: cannot configure the API client: {error}") from None
+    configuration.socket_options = keepalive_socket_options()
+    return client.ApiClient(configuration)
 
 
 class KubernetesSource:
