@@ -68,9 +68,6 @@ class LabelInterner:
             self._sets[texts] = found
         return found
 
-    def __len__(self) -> int:
-        return len(self._sets)
-
 
 EMPTY_LABELS = LabelSet(frozenset(), None, None, None)
 
