@@ -14,6 +14,7 @@ store says so (the verifier turns that into 503, never into an allow).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,9 @@ from kong_cilium_identity.token.fetch import FetchError, fetch_json, resolve_jwk
 from kong_cilium_identity.token.settings import KeySettings, load_public_pem
 
 log = logging.getLogger("kong_cilium_identity.token")
+
+MIN_RETRY = 1.0
+"""Seconds between background retries while fetching fails, at the least."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,10 @@ class KeyStore:
         self._jwks_uri: str | None = None
         self._fetching = settings.remote
         self._last_started = time.monotonic()
-        self._generation = 0
+        self._started = 1 if settings.remote else 0
+        """Sequence number of the latest fetch started; fetches run one at a time."""
+        self._finished = 0
+        """Sequence number of the latest fetch finished (successfully or not)."""
         self._closed = False
         self._cond = threading.Condition()
         self._wake = threading.Event()
@@ -125,24 +132,32 @@ class KeyStore:
         return not self.settings.remote or self._loaded
 
     def keys_for(self, kid: str | None, algorithm: str) -> KeyMatch:
-        """Keys that fit ``algorithm`` and ``kid``; an unknown kid may wait for one refetch."""
+        """Keys that fit ``algorithm`` and ``kid``; an unknown kid may wait for one refetch.
+
+        The wait is for a fetch that started after this call arrived (a fetch already
+        running may predate the key), bounded by ``fetch_timeout`` in total.
+        """
         keys = self._match(kid, algorithm)
         if keys or not self.settings.remote:
             return KeyMatch(keys)
+        deadline = time.monotonic() + self.settings.fetch_timeout
         with self._cond:
-            target = self._generation + 1
-            if not self._fetching and self._refetch_allowed():
-                self._start_fetch()
-            if self._fetching:
-                self._cond.wait_for(
-                    lambda: self._generation >= target or self._closed,
-                    timeout=self.settings.fetch_timeout,
+            arrived = self._started
+            while self._finished <= arrived and not self._closed:
+                if not self._fetching:
+                    if not self._refetch_allowed():
+                        break
+                    self._start_fetch()
+                target = self._started
+                done = self._cond.wait_for(
+                    functools.partial(self._caught_up, target),
+                    timeout=max(0.0, deadline - time.monotonic()),
                 )
-            keys = self._match(kid, algorithm)
-            if keys:
-                return KeyMatch(keys)
-            if self._fetching and self._generation < target:
-                return KeyMatch((), "the key refetch did not finish in time")
+                keys = self._match(kid, algorithm)
+                if keys:
+                    return KeyMatch(keys)
+                if not done:
+                    return KeyMatch((), "the key refetch did not finish in time")
             return KeyMatch((), self._error)
 
     def close(self) -> None:
@@ -160,14 +175,21 @@ class KeyStore:
             if (kid is None or key.kid in (None, kid)) and key.usable_with(algorithm)
         )
 
+    def _caught_up(self, target: int) -> bool:
+        return self._finished >= target or self._closed
+
     def _refetch_allowed(self) -> bool:
         return time.monotonic() - self._last_started >= self.settings.min_refetch_interval
 
     def _start_fetch(self) -> None:
         """Called with the lock held: hand one fetch to the background thread."""
-        self._fetching = True
-        self._last_started = time.monotonic()
+        self._mark_started()
         self._wake.set()
+
+    def _mark_started(self) -> None:
+        self._fetching = True
+        self._started += 1
+        self._last_started = time.monotonic()
 
     def _run(self) -> None:
         rediscover = True
@@ -177,7 +199,7 @@ class KeyStore:
                 failing = self._error is not None
             interval = self.settings.refresh_interval
             if failing:
-                interval = min(interval, self.settings.min_refetch_interval)
+                interval = min(interval, max(self.settings.min_refetch_interval, MIN_RETRY))
             requested = self._wake.wait(timeout=interval)
             self._wake.clear()
             rediscover = not requested
@@ -185,8 +207,7 @@ class KeyStore:
                 if self._closed:
                     return
                 if not self._fetching:
-                    self._fetching = True
-                    self._last_started = time.monotonic()
+                    self._mark_started()
 
     def _refresh(self, rediscover: bool) -> None:
         try:
@@ -203,7 +224,7 @@ class KeyStore:
                 self._loaded = True
             self._error = error
             self._fetching = False
-            self._generation += 1
+            self._finished = self._started
             self._cond.notify_all()
 
 

@@ -12,15 +12,15 @@ from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from kong_cilium_identity.token import KeyStore, TokenSettings, parse_settings
 
 
-def record(issuer: FakeIssuer, **overrides: Any) -> dict[str, Any]:
+def record(fake: FakeIssuer, /, **overrides: Any) -> dict[str, Any]:
     """A ``config.token`` record as Kong hands it over (defaults filled, unset = None)."""
     base: dict[str, Any] = {
         "enabled": True,
         "header": "authorization",
-        "issuer": issuer.issuer,
+        "issuer": fake.issuer,
         "audiences": ["kong"],
         "jwks_uri": None,
-        "discovery_url": issuer.discovery_url,
+        "discovery_url": fake.discovery_url,
         "public_keys": [],
         "algorithms": ["RS256", "ES256"],
         "leeway": 30,
@@ -40,11 +40,11 @@ def record(issuer: FakeIssuer, **overrides: Any) -> dict[str, Any]:
 
 
 def settings_for(
-    issuer: FakeIssuer, min_refetch_interval: float = 3600.0, **overrides: Any
+    fake: FakeIssuer, /, min_refetch_interval: float = 3600.0, **overrides: Any
 ) -> TokenSettings:
     """Parsed settings; the refetch interval is set past the schema's bounds so tests
     choose between "every unknown kid refetches" (0) and "never again" (3600)."""
-    settings = parse_settings(record(issuer, **overrides))
+    settings = parse_settings(record(fake, **overrides))
     keys = dataclasses.replace(
         settings.keys, min_refetch_interval=min_refetch_interval, refresh_interval=3600.0
     )
