@@ -9,7 +9,8 @@ Keys ``rsa1`` (RSA 2048, RS256) and ``ec1`` (P-256, ES256) exist and are publish
 the start. ``add_key`` makes more (``rsa``, ``ec256``, ``ec384``, ``ec521``, ``ed25519``),
 ``publish`` chooses which keys the JWKS lists (rotation), ``down``/``up`` stop and
 restart the listener on the same port (connection refused in between), and the
-``jwks_requests``/``discovery_requests`` counters show how often keys were fetched.
+``jwks_requests``/``discovery_requests`` counters show how often keys were fetched;
+``delay`` holds every answer back (a slow issuer).
 ``forge_*`` build tokens no honest issuer makes (``alg: none``, HMAC keyed with the
 public key) for attack tests.
 """
@@ -92,6 +93,8 @@ class FakeIssuer:
         self.discovery_requests = 0
         self.discovery_issuer: str | None = None
         """Overrides the ``issuer`` the discovery document announces (mismatch tests)."""
+        self.delay = 0.0
+        """Seconds every answer is held back (a slow or hanging issuer)."""
         self._lock = threading.Lock()
         self._server = self._listen(0)
         self.port = self._server.server_address[1]
@@ -261,6 +264,7 @@ class FakeIssuer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(issuer.delay)
                 document = issuer._document(self.path)
                 if document is None:
                     self.send_error(404)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -196,3 +198,35 @@ def test_jwks_parsing_refuses_private_and_small_keys(issuer: FakeIssuer) -> None
     assert parse_jwks({"keys": [published_private, published_small]}, max_keys=8) == []
     with pytest.raises(FetchError):
         parse_jwks({"no": "keys"}, max_keys=8)
+
+
+def test_concurrent_unknown_kids_share_one_refetch(
+    issuer: FakeIssuer, open_store: OpenStore
+) -> None:
+    settings = settings_for(issuer, min_refetch_interval=0.3)
+    store = open_store(settings)
+    assert store.keys_for("rsa1-kid", "RS256").keys
+    time.sleep(0.4)  # let the refetch interval pass once
+    fetched = issuer.jwks_requests
+    issuer.delay = 0.2
+    issuer.add_key("rsa2", "rsa")
+    token = issuer.sign(issuer.claims(), key="rsa2")
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(lambda _: verify(token, settings, store), range(10)))
+    assert all(isinstance(result, Verified) for result in results)
+    assert issuer.jwks_requests == fetched + 1
+
+
+def test_a_hanging_issuer_costs_a_request_at_most_the_fetch_timeout(
+    issuer: FakeIssuer, open_store: OpenStore
+) -> None:
+    issuer.delay = 2.0
+    settings = settings_for(issuer)
+    settings = dataclasses.replace(
+        settings, keys=dataclasses.replace(settings.keys, fetch_timeout=0.2)
+    )
+    store = open_store(settings)
+    result = verify(issuer.sign(issuer.claims()), settings, store)
+    assert isinstance(result, TokenFailure)
+    assert (result.reason, result.status) == (TokenReason.KEYS_UNAVAILABLE, 503)
+    assert "did not finish in time" in result.description
