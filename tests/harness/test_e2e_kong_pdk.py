@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from kong_cilium_identity.testing.kong import KongRequest
 from tests.harness.conftest import MakeHarness, script
 
-CONSUMER = {
+CONSUMER: dict[str, Any] = {
     "id": "8a1b5c52-6a0e-4c39-9a53-3b8b8f0f6d11",
     "username": "checkout",
     "custom_id": None,
