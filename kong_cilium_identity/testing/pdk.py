@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from kong_cilium_identity.testing.msgpack_rpc import LuaError
 
@@ -159,6 +159,15 @@ def lua_tostring(value: Any) -> str:
     if isinstance(value, list | dict):
         return f"table: 0x{id(value):012x}"
     return str(value)
+
+
+def _from_wire(value: Any) -> Any:
+    """A decoded msgpack value as the Lua table it becomes: a nil map value is no key."""
+    if isinstance(value, dict):
+        return {k: _from_wire(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_from_wire(v) for v in value]
+    return value
 
 
 def _is_str(value: Any) -> bool:
@@ -312,7 +321,7 @@ class Pdk:
     def call(self, method: str, args: Any) -> Any:
         """Apply ``args`` like ``method(unpack(args))`` and return the first result."""
         func = self.methods[method]
-        positional = list(args) if isinstance(args, list | tuple) else [args]
+        positional = [_from_wire(a) for a in (args if isinstance(args, list | tuple) else [args])]
         while positional and positional[-1] is None:  # msgpack nils leave no Lua slot
             positional.pop()
         params = inspect.signature(func).parameters.values()
@@ -429,9 +438,11 @@ class Pdk:
         query = self._live().path.partition("?")[2]
         out: dict[str, Any] = {}
         for pair in filter(None, query.split("&")):
-            name, has_value, _ = pair.partition("=")
-            value: Any = parse_qsl(pair, keep_blank_values=True)[0][1] if has_value else True
-            out.setdefault(name, []).append(value)
+            if "=" in pair:
+                name, value = parse_qsl(pair, keep_blank_values=True)[0]
+                out.setdefault(name, []).append(value)
+            else:  # a bare flag is `true` in Kong's query table
+                out.setdefault(unquote_plus(pair), []).append(True)
         return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
 
     def request_get_scheme(self) -> str:
