@@ -194,10 +194,10 @@ def _lua_type(value: Any) -> str:
 def _validate_header(name: Any, value: Any) -> None:
     """``checks.validate_header``: string name; string, number or boolean value."""
     if not _is_str(name):
-        raise LuaError(f"invalid header name {lua_tostring(name)!r}: got {_lua_type(name)}, "
+        raise LuaError(f'invalid header name "{lua_tostring(name)}": got {_lua_type(name)}, '
                        "expected string")
     if _lua_type(value) not in ("string", "number", "boolean"):
-        raise LuaError(f"invalid header value for {lua_tostring(name)!r}: got "
+        raise LuaError(f'invalid header value for "{lua_tostring(name)}": got '
                        f"{_lua_type(value)}, expected string, number or boolean")
 
 
@@ -207,16 +207,16 @@ def _validate_headers(headers: Any) -> None:
         raise LuaError("headers must be a table")
     for name, value in _pairs(headers):
         if not _is_str(name):
-            raise LuaError(f"invalid header name {lua_tostring(name)!r}: got "
+            raise LuaError(f'invalid header name "{lua_tostring(name)}": got '
                            f"{_lua_type(name)}, expected string")
         vtype = _lua_type(value)
         if vtype == "table":
             for item in _ipairs(value):
                 if not _is_str(item):
-                    raise LuaError(f"invalid header value in array {lua_tostring(name)!r}: "
+                    raise LuaError(f'invalid header value in array "{lua_tostring(name)}": '
                                    f"got {_lua_type(item)}, expected string")
         elif vtype not in ("string", "number", "boolean"):
-            raise LuaError(f"invalid header value for {lua_tostring(name)!r}: got {vtype}, "
+            raise LuaError(f'invalid header value for "{lua_tostring(name)}": got {vtype}, '
                            "expected string, number, boolean or array of strings")
 
 
@@ -302,6 +302,7 @@ class Pdk:
             "kong.ctx.shared.set": self.ctx_shared_set,
             "kong.nginx.get_ctx": self.nginx_get_ctx,
             "kong.nginx.set_ctx": self.nginx_set_ctx,
+            "kong.nginx.get_var": self.nginx_get_var,
             "kong.log.serialize": self.log_serialize,
             "kong.log.set_serialize_value": self.log_set_serialize_value,
             "kong.plugin.get_id": lambda: self.plugin_id,
@@ -577,6 +578,24 @@ class Pdk:
             self._ctx().pop(key, None)
         else:
             self._ctx()[key] = value
+
+    def nginx_get_var(self, name: Any = None) -> Any:
+        """A few ``ngx.var`` entries (unknown variables are nil, as in nginx)."""
+        request = self._live()
+        variables = {
+            "remote_addr": request.forwarded_ip or request.client_ip,
+            "realip_remote_addr": request.client_ip,
+            "remote_port": str(request.forwarded_port or request.client_port),
+            "realip_remote_port": str(request.client_port),
+            "server_port": str(request.server_port),
+            "scheme": request.scheme,
+            "host": request.host,
+            "request_method": request.method,
+            "request_uri": request.path,
+            "uri": request.path.split("?", 1)[0],
+            "kong_request_id": self.state.request_id,
+        }
+        return variables.get(lua_tostring(name))
 
     def log_serialize(self) -> str:
         """Kong's exposed ``kong.log.serialize`` returns the JSON *string* of the table."""

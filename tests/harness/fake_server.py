@@ -22,6 +22,7 @@ class FakePluginServer:
         self.plan = list(plan)
         self.notify = notify
         self.wrong_msgid = wrong_msgid
+        self.pid = 4242
         self.requests: list[list[Any]] = []
         self.raw = bytearray()
         self.connections = 0
@@ -56,7 +57,7 @@ class FakePluginServer:
                     self.requests.append(request)
                     _, msgid, method, params = request
                     if self.notify:
-                        conn.sendall(msgpack.packb([2, "serverPid", 4242]))
+                        conn.sendall(msgpack.packb([2, "serverPid", self.pid]))
                     reply_id = msgid + 1 if self.wrong_msgid else msgid
                     conn.sendall(msgpack.packb([1, reply_id, None, self._answer(method, params)]))
 

@@ -92,10 +92,16 @@ def test_args_are_applied_positionally(tmp_path: Path, sock: Path) -> None:
     server.close()
 
 
-def test_notifications_are_skipped(tmp_path: Path, sock: Path) -> None:
+def test_server_pid_notification_resets_instances_on_change(tmp_path: Path,
+                                                            sock: Path) -> None:
     server = FakePluginServer(sock, [], notify=True)
     harness = _harness(tmp_path, sock)
-    assert harness.request(harness.add_plugin({})).proxied
+    plugin = harness.add_plugin({})
+    assert harness.request(plugin).proxied
+    assert harness.request(plugin).rpc_calls == ["plugin.HandleEvent"]  # same pid: reuse
+    server.pid = 4343
+    harness.request(plugin)  # learns the new pid while handling this event
+    assert harness.request(plugin).rpc_calls[0] == "plugin.StartInstance"
     server.close()
 
 
