@@ -173,8 +173,10 @@ def _parse_dump(stdout: bytes, command: Sequence[str]) -> PluginInfo:
         raise DumpRejected("Name must be a string")
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise DumpRejected(f'plugin "{name}": VERSION must be a string in the form x.y.z')
-    if isinstance(priority, bool) or not isinstance(priority, int | float) or (
-        isinstance(priority, float) and not priority.is_integer()
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int | float)
+        or (isinstance(priority, float) and not priority.is_integer())
     ):
         raise DumpRejected(f'plugin "{name}": PRIORITY must be an integer')
     phases = info.get("Phases")
@@ -255,9 +257,7 @@ class KongHarness:
 
     def query(self) -> PluginInfo:
         """Run ``query_cmd`` like ``io.popen`` (stdout only) and validate the dump."""
-        done = subprocess.run(
-            self.query_cmd, capture_output=True, timeout=60, check=False
-        )
+        done = subprocess.run(self.query_cmd, capture_output=True, timeout=60, check=False)
         self._info = _parse_dump(done.stdout, self.query_cmd)
         return self._info
 
@@ -386,10 +386,13 @@ class KongHarness:
             if "log" in phases and "log" in self.info.phases:
                 saved = SavedForLog(
                     serialize_data=serialize(state, status=outcome.status),
-                    request_headers={k: v[0] if len(v) == 1 else list(v)
-                                     for k, v in state.headers.items()},
-                    response_headers={k: v[0] if len(v) == 1 else list(v)
-                                      for k, v in outcome.response_headers.items()},
+                    request_headers={
+                        k: v[0] if len(v) == 1 else list(v) for k, v in state.headers.items()
+                    },
+                    response_headers={
+                        k: v[0] if len(v) == 1 else list(v)
+                        for k, v in outcome.response_headers.items()
+                    },
                     response_status=outcome.status,
                     ngx_ctx=dict(state.ngx_ctx),
                     ctx_shared=state.ctx_shared,
@@ -495,9 +498,7 @@ class KongHarness:
         self._log("err", err)
         return _PhaseResult(failed_open=True)
 
-    def _get_instance_id(
-        self, worker: int, plugin: ConfiguredPlugin, rpc_calls: list[str]
-    ) -> int:
+    def _get_instance_id(self, worker: int, plugin: ConfiguredPlugin, rpc_calls: list[str]) -> int:
         w = self._workers[worker]
         cached = w.instances.get(plugin.id)
         if (
@@ -510,7 +511,9 @@ class KongHarness:
         old_id = cached.id if cached is not None else None
         try:
             status = self._call(
-                w, rpc_calls, "plugin.StartInstance",
+                w,
+                rpc_calls,
+                "plugin.StartInstance",
                 {"Name": self.info.name, "Config": json.dumps(plugin.conf)},
             )
         except RpcError as exc:

@@ -194,11 +194,14 @@ def _lua_type(value: Any) -> str:
 def _validate_header(name: Any, value: Any) -> None:
     """``checks.validate_header``: string name; string, number or boolean value."""
     if not _is_str(name):
-        raise LuaError(f'invalid header name "{lua_tostring(name)}": got {_lua_type(name)}, '
-                       "expected string")
+        raise LuaError(
+            f'invalid header name "{lua_tostring(name)}": got {_lua_type(name)}, expected string'
+        )
     if _lua_type(value) not in ("string", "number", "boolean"):
-        raise LuaError(f'invalid header value for "{lua_tostring(name)}": got '
-                       f"{_lua_type(value)}, expected string, number or boolean")
+        raise LuaError(
+            f'invalid header value for "{lua_tostring(name)}": got '
+            f"{_lua_type(value)}, expected string, number or boolean"
+        )
 
 
 def _validate_headers(headers: Any) -> None:
@@ -207,17 +210,23 @@ def _validate_headers(headers: Any) -> None:
         raise LuaError("headers must be a table")
     for name, value in _pairs(headers):
         if not _is_str(name):
-            raise LuaError(f'invalid header name "{lua_tostring(name)}": got '
-                           f"{_lua_type(name)}, expected string")
+            raise LuaError(
+                f'invalid header name "{lua_tostring(name)}": got '
+                f"{_lua_type(name)}, expected string"
+            )
         vtype = _lua_type(value)
         if vtype == "table":
             for item in _ipairs(value):
                 if not _is_str(item):
-                    raise LuaError(f'invalid header value in array "{lua_tostring(name)}": '
-                                   f"got {_lua_type(item)}, expected string")
+                    raise LuaError(
+                        f'invalid header value in array "{lua_tostring(name)}": '
+                        f"got {_lua_type(item)}, expected string"
+                    )
         elif vtype not in ("string", "number", "boolean"):
-            raise LuaError(f'invalid header value for "{lua_tostring(name)}": got {vtype}, '
-                           "expected string, number, boolean or array of strings")
+            raise LuaError(
+                f'invalid header value for "{lua_tostring(name)}": got {vtype}, '
+                "expected string, number, boolean or array of strings"
+            )
 
 
 def _pairs(table: Any) -> list[tuple[Any, Any]]:
@@ -513,8 +522,10 @@ class Pdk:
     def response_get_status(self) -> int:
         if self.saved is not None:
             return self.saved.response_status
-        raise LuaError("function cannot be called in access phase (only in: header_filter, "
-                       "response, body_filter, log, admin_api)")
+        raise LuaError(
+            "function cannot be called in access phase (only in: header_filter, "
+            "response, body_filter, log, admin_api)"
+        )
 
     def response_exit(self, status: Any = None, body: Any = None, headers: Any = None) -> None:
         _check_status(status, 100)
@@ -539,8 +550,10 @@ class Pdk:
             raise LuaError("message must be a nil, a string or a table")
         out_headers = self._exit_headers(headers)
         out_headers.setdefault("content-type", [CONTENT_TYPE_JSON])
-        text = lua_tostring(message) if message is not None else HTTP_MESSAGES.get(
-            int(status), f"The upstream server responded with {int(status)}"
+        text = (
+            lua_tostring(message)
+            if message is not None
+            else HTTP_MESSAGES.get(int(status), f"The upstream server responded with {int(status)}")
         )
         body = json.dumps({"message": text, "request_id": self.state.request_id}, indent=2)
         raise ResponseExit(int(status), body.encode(), out_headers)
@@ -602,8 +615,9 @@ class Pdk:
         data = self.saved.serialize_data if self.saved is not None else serialize(self.state)
         return json.dumps(data, default=lua_tostring)
 
-    def log_set_serialize_value(self, key: Any = None, value: Any = None,
-                                options: Any = None) -> None:
+    def log_set_serialize_value(
+        self, key: Any = None, value: Any = None, options: Any = None
+    ) -> None:
         if not _is_str(key):
             raise LuaError("key must be a string")
         mode = "set"

@@ -17,8 +17,9 @@ class FakePluginServer:
     (``{"Method": ..., "Args": [...]}``); ``"ret"`` follows the last one.
     """
 
-    def __init__(self, path: Path, plan: list[Any], *, notify: bool = False,
-                 wrong_msgid: bool = False) -> None:
+    def __init__(
+        self, path: Path, plan: list[Any], *, notify: bool = False, wrong_msgid: bool = False
+    ) -> None:
         self.plan = list(plan)
         self.notify = notify
         self.wrong_msgid = wrong_msgid
@@ -47,8 +48,9 @@ class FakePluginServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
-                                    unicode_errors="surrogateescape")
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, unicode_errors="surrogateescape"
+        )
         with conn:
             while chunk := conn.recv(4096):
                 self.raw += chunk

@@ -19,9 +19,22 @@ GOOD: dict[str, Any] = {
     "Version": "0.1.0",
     "Schema": {
         "name": "cilium-identity",
-        "fields": [{"config": {"type": "record", "fields": [
-            {"mode": {"type": "string", "default": "enforce", "one_of": ["enforce", "monitor"]}},
-        ]}}],
+        "fields": [
+            {
+                "config": {
+                    "type": "record",
+                    "fields": [
+                        {
+                            "mode": {
+                                "type": "string",
+                                "default": "enforce",
+                                "one_of": ["enforce", "monitor"],
+                            }
+                        },
+                    ],
+                }
+            }
+        ],
     },
 }
 
@@ -67,9 +80,12 @@ BROKEN_FIELD = {"type": "record", "fields": [{"x": {"type": "string", "match": "
         pytest.param(_with(Name=7), "Name", id="name-not-string"),
         pytest.param(
             _with(Schema={"name": "x", "fields": [{"config": BROKEN_FIELD}]}),
-            "match: unknown field", id="schema-unknown-attribute"),
+            "match: unknown field",
+            id="schema-unknown-attribute",
+        ),
         pytest.param(
-            _with(Schema={"name": "x", "fields": []}), "config", id="schema-without-config"),
+            _with(Schema={"name": "x", "fields": []}), "config", id="schema-without-config"
+        ),
         pytest.param("not json at all", "Not a plugin info table", id="non-json"),
         pytest.param("DEBUG starting\n" + _with(), "Not a plugin info table", id="stdout-noise"),
         pytest.param("42", "Not a plugin info table", id="json-not-a-table"),

@@ -25,18 +25,30 @@ def _pdk(request: KongRequest | None = None, saved: SavedForLog | None = None) -
 @pytest.mark.parametrize(
     ("method", "args", "message"),
     [
-        ("kong.service.request.set_header", [1, "v"],
-         'invalid header name "1": got number, expected string'),
-        ("kong.service.request.set_header", ["x", {"a": "b"}],
-         'invalid header value for "x": got table, expected string, number or boolean'),
-        ("kong.service.request.set_headers", [{"x": [1]}],
-         'invalid header value in array "x": got number, expected string'),
+        (
+            "kong.service.request.set_header",
+            [1, "v"],
+            'invalid header name "1": got number, expected string',
+        ),
+        (
+            "kong.service.request.set_header",
+            ["x", {"a": "b"}],
+            'invalid header value for "x": got table, expected string, number or boolean',
+        ),
+        (
+            "kong.service.request.set_headers",
+            [{"x": [1]}],
+            'invalid header value in array "x": got number, expected string',
+        ),
         ("kong.service.request.clear_header", [5], "header must be a string"),
         ("kong.request.get_header", [], "header name must be a string"),
         ("kong.request.get_headers", [0], "max_headers must be >= 1"),
         ("kong.client.authenticate", [], "either credential or consumer must be provided"),
-        ("kong.client.load_consumer", ["bob"],
-         "cannot load a consumer with an id that is not a uuid"),
+        (
+            "kong.client.load_consumer",
+            ["bob"],
+            "cannot load a consumer with an id that is not a uuid",
+        ),
         ("kong.response.error", [200], "code must be a number between 400 and 599"),
         ("kong.response.exit", ["403"], "code must be a number"),
     ],
@@ -68,9 +80,15 @@ def test_response_error_uses_kong_default_messages() -> None:
 
 
 def test_log_timer_refuses_ngx_var_functions_but_serves_saved_data() -> None:
-    saved = SavedForLog(serialize_data={"a": 1}, request_headers={"h": "v"},
-                        response_headers={}, response_status=403, ngx_ctx={},
-                        ctx_shared={"k": "v"}, req_start_time=0.0)
+    saved = SavedForLog(
+        serialize_data={"a": 1},
+        request_headers={"h": "v"},
+        response_headers={},
+        response_status=403,
+        ngx_ctx={},
+        ctx_shared={"k": "v"},
+        req_start_time=0.0,
+    )
     pdk = _pdk(saved=saved)
     with pytest.raises(LuaError, match=r"ngx\.timer"):
         pdk.call("kong.client.get_ip", [])

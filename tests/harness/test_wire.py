@@ -20,10 +20,15 @@ from kong_cilium_identity.testing.msgpack_rpc import (
 )
 from tests.harness.fake_server import FakePluginServer
 
-DUMP = [{
-    "Name": "fake", "Phases": ["access"], "Priority": 1, "Version": "1.0.0",
-    "Schema": {"name": "fake", "fields": [{"config": {"type": "record", "fields": []}}]},
-}]
+DUMP = [
+    {
+        "Name": "fake",
+        "Phases": ["access"],
+        "Priority": 1,
+        "Version": "1.0.0",
+        "Schema": {"name": "fake", "fields": [{"config": {"type": "record", "fields": []}}]},
+    }
+]
 
 
 @pytest.mark.parametrize(
@@ -56,34 +61,49 @@ def _harness(tmp_path: Path, sock: Path, **kwargs: Any) -> KongHarness:
 
 
 def test_nil_data_is_omitted_and_exit_gets_no_reply(tmp_path: Path, sock: Path) -> None:
-    server = FakePluginServer(sock, [
-        {"Method": "kong.ctx.shared.get", "Args": ["missing"]},
-        {"Method": "kong.request.get_headers", "Args": []},
-        {"Method": "kong.request.get_raw_body", "Args": []},
-        {"Method": "kong.response.error", "Args": [401]},
-        {"Method": "kong.client.get_ip", "Args": []},
-    ])
+    server = FakePluginServer(
+        sock,
+        [
+            {"Method": "kong.ctx.shared.get", "Args": ["missing"]},
+            {"Method": "kong.request.get_headers", "Args": []},
+            {"Method": "kong.request.get_raw_body", "Args": []},
+            {"Method": "kong.response.error", "Args": [401]},
+            {"Method": "kong.client.get_ip", "Args": []},
+        ],
+    )
     harness = _harness(tmp_path, sock)
-    out = harness.request(harness.add_plugin({}),
-                          KongRequest(headers={"x-bad": b"\xff"}, raw_body=b"\x00body"))
+    out = harness.request(
+        harness.add_plugin({}), KongRequest(headers={"x-bad": b"\xff"}, raw_body=b"\x00body")
+    )
     steps = [r[3][0] for r in server.requests if str(r[2]).startswith("plugin.Step")]
     assert steps[0] == {"EventId": 7}  # no Data key for nil
     assert steps[1]["Data"] == {"x-bad": ["\udcff"], "host": ["kong.local"]}
     assert steps[2]["Data"] == b"\x00body"
     assert len(steps) == 3 and out.status == 401 and out.body is not None
     assert b"\xa1\xff" in server.raw  # the invalid UTF-8 value went out as a str
-    assert server.methods() == ["plugin.StartInstance", "plugin.HandleEvent", "plugin.Step",
-                                "plugin.StepMultiMap", "plugin.Step"]
+    assert server.methods() == [
+        "plugin.StartInstance",
+        "plugin.HandleEvent",
+        "plugin.Step",
+        "plugin.StepMultiMap",
+        "plugin.Step",
+    ]
     assert server.connections == 1  # one pooled keep-alive connection for all five RPCs
     server.close()
 
 
 def test_args_are_applied_positionally(tmp_path: Path, sock: Path) -> None:
-    server = FakePluginServer(sock, [
-        {"Method": "kong.service.request.set_header", "Args": ["X-A", "", "extra"]},
-        {"Method": "kong.service.request.set_headers", "Args": [{"x-b": ["1", "2"], "x-c": []}]},
-        {"Method": "kong.service.request.add_header", "Args": ["x-b", 3]},
-    ])
+    server = FakePluginServer(
+        sock,
+        [
+            {"Method": "kong.service.request.set_header", "Args": ["X-A", "", "extra"]},
+            {
+                "Method": "kong.service.request.set_headers",
+                "Args": [{"x-b": ["1", "2"], "x-c": []}],
+            },
+            {"Method": "kong.service.request.add_header", "Args": ["x-b", 3]},
+        ],
+    )
     harness = _harness(tmp_path, sock)
     out = harness.request(harness.add_plugin({}), KongRequest(headers={"x-c": "old"}))
     assert out.upstream_headers["x-a"] == [" "]  # normalize_header: "" -> " "
@@ -92,8 +112,7 @@ def test_args_are_applied_positionally(tmp_path: Path, sock: Path) -> None:
     server.close()
 
 
-def test_server_pid_notification_resets_instances_on_change(tmp_path: Path,
-                                                            sock: Path) -> None:
+def test_server_pid_notification_resets_instances_on_change(tmp_path: Path, sock: Path) -> None:
     server = FakePluginServer(sock, [], notify=True)
     harness = _harness(tmp_path, sock)
     plugin = harness.add_plugin({})
@@ -119,11 +138,15 @@ def test_rpc_client_frames_requests(tmp_path: Path, sock: Path) -> None:
     client = RpcClient(str(sock), read_timeout=1.0, log=lambda *_: None)
     client.call("plugin.CloseInstance", 3)
     client.call("plugin.CloseInstance", 4)
-    assert server.requests == [[0, 1, "plugin.CloseInstance", [3]],
-                               [0, 2, "plugin.CloseInstance", [4]]]
+    assert server.requests == [
+        [0, 1, "plugin.CloseInstance", [3]],
+        [0, 2, "plugin.CloseInstance", [4]],
+    ]
     # no length prefix: a plain concatenation of msgpack arrays, one per call
-    assert bytes(server.raw) == b"".join(
-        msgpack.packb(r) for r in server.requests
-    ) == encode([0, 1, "plugin.CloseInstance", [3]]) + encode([0, 2, "plugin.CloseInstance", [4]])
+    assert (
+        bytes(server.raw)
+        == b"".join(msgpack.packb(r) for r in server.requests)
+        == encode([0, 1, "plugin.CloseInstance", [3]]) + encode([0, 2, "plugin.CloseInstance", [4]])
+    )
     client.close()
     server.close()
