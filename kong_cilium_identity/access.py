@@ -21,7 +21,7 @@ from typing import Any
 
 import jwt
 
-from kong_cilium_identity import pdk
+from kong_cilium_identity import metrics, pdk
 from kong_cilium_identity.decision import Consumer, Decision, Facts, Reason, decide, deny
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
@@ -142,6 +142,8 @@ def _identity_header_values(identity: Identity | None) -> dict[str, str]:
 
 
 def _log_decision(config: Config, decision: Decision) -> None:
+    enforced = config.mode is Mode.ENFORCE and not decision.allowed
+    metrics.count(decision, str(config.mode), enforced)
     fields = decision.log_fields()
     fields["mode"] = str(config.mode)
     if config.mode is Mode.MONITOR and not decision.allowed:

@@ -194,7 +194,7 @@ def _default(value: Any, default: Any) -> Any:
 
 
 def _resolver_settings(raw: Mapping[str, Any]) -> ResolverSettings:
-    names = raw.get("sources") or ["static"]
+    names = _default(raw.get("sources"), ["static"])
     if not isinstance(names, list) or not names:
         raise ConfigError("sources: expected a non-empty list")
     chain: list[tuple[str, Hashable]] = []
