@@ -229,4 +229,5 @@ def test_a_hanging_issuer_costs_a_request_at_most_the_fetch_timeout(
     result = verify(issuer.sign(issuer.claims()), settings, store)
     assert isinstance(result, TokenFailure)
     assert (result.reason, result.status) == (TokenReason.KEYS_UNAVAILABLE, 503)
-    assert "did not finish in time" in result.description
+    # whichever ends first, the fetch's own timeout or the request's wait: no allow
+    assert "did not finish in time" in result.description or "timed out" in result.description

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kong_cilium_identity.testing.fake_issuer import FakeIssuer
+from kong_cilium_identity.testing.kong_schema import check_field, validate_config
 from kong_cilium_identity.token import DISABLED, SCHEMA, ConfigError, parse_settings
 from tests.token.conftest import record
 
@@ -149,3 +153,38 @@ def test_static_key_with_its_algorithm_is_accepted(issuer: FakeIssuer) -> None:
     )
     assert not settings.keys.remote
     assert len(settings.keys.public_keys) == 1
+
+
+def test_schema_passes_kongs_metaschema_rules() -> None:
+    check_field(SCHEMA, "config.token")
+
+
+def test_kong_fills_the_same_defaults_the_tests_assume(issuer: FakeIssuer) -> None:
+    unset = {"enabled": False, "issuer": None, "audiences": [], "discovery_url": None}
+    assert validate_config(SCHEMA, {}) == record(issuer) | unset
+
+
+def _doc_token_records() -> list[dict[str, Any]]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "token.md").read_text()
+    records = []
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL):
+        document = yaml.safe_load(block)
+        if "token" in document:
+            records.append(document["token"])
+        for service in document.get("services", []):
+            for route in service.get("routes", []):
+                for plugin in route.get("plugins", []):
+                    if plugin["name"] == "cilium-identity":
+                        records.append(plugin["config"]["token"])
+    return records
+
+
+def test_the_documented_examples_are_valid_configs() -> None:
+    records = _doc_token_records()
+    assert len(records) == 2
+    for raw in records:
+        settings = parse_settings(validate_config(SCHEMA, raw))
+        assert settings.enabled
+    kubernetes = parse_settings(validate_config(SCHEMA, records[1]))
+    assert (kubernetes.service_account_token, kubernetes.pod_binding) == (True, True)
+    assert kubernetes.keys.jwks_uri == "https://kubernetes.default.svc/openid/v1/jwks"
