@@ -60,7 +60,7 @@ class TokenVerifier:
     def verify(self, token: str) -> Verified | TokenFailure:
         return verify(token, self.settings, self.keys)
 
-    def check(self, header_value: str | list[str] | None) -> Verified | TokenFailure:
+    def check(self, header_value: object) -> Verified | TokenFailure:
         """Extract and verify in one step."""
         token = extract_token(header_value, self.settings)
         return token if isinstance(token, TokenFailure) else self.verify(token)

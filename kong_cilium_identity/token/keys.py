@@ -158,7 +158,7 @@ class KeyStore:
                     return KeyMatch(keys)
                 if not done:
                     return KeyMatch((), "the key refetch did not finish in time")
-            return KeyMatch((), self._error)
+            return KeyMatch((), "key store closed" if self._closed else self._error)
 
     def close(self) -> None:
         with self._cond:

@@ -94,19 +94,20 @@ def _quotable(text: str) -> str:
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 
-def extract_token(value: str | Sequence[str] | None, settings: TokenSettings) -> str | TokenFailure:
+def extract_token(value: object, settings: TokenSettings) -> str | TokenFailure:
     """The token in the configured header's value(s).
 
     ``value`` is what ``kong.request.get_header(settings.header)`` (a string or None) or
     ``kong.request.get_headers()[settings.header]`` (a list) returned. With the
     ``authorization`` header the ``Bearer`` scheme is required (case-insensitive); any
-    other scheme counts as no token. A custom header may carry the bare token.
+    other scheme counts as no token. A custom header may carry the bare token. Values
+    of any other type (Kong sends ``[]`` for a header without value) count as no token.
     """
-    if isinstance(value, Sequence) and not isinstance(value, str):
+    if isinstance(value, list | tuple):
         if len(value) > 1:
             return TokenFailure.of(TokenReason.BAD_REQUEST, f"more than one {settings.header}")
         value = value[0] if value else None
-    if value is None or not value.strip():
+    if not isinstance(value, str) or not value.strip():
         return TokenFailure.of(TokenReason.MISSING, "no bearer token")
     match = _BEARER.match(value)
     if match is not None:

@@ -253,6 +253,9 @@ def test_static_public_keys_verify_without_a_jwks(
         (None, TokenReason.MISSING),
         ("", TokenReason.MISSING),
         ([], TokenReason.MISSING),
+        ([True], TokenReason.MISSING),
+        ({"bearer": "x"}, TokenReason.MISSING),
+        (7, TokenReason.MISSING),
         ("Basic dXNlcjpwYXNz", TokenReason.MISSING),
         ("Bearer", TokenReason.MISSING),
         ("abc.def.ghi", TokenReason.MISSING),
@@ -260,7 +263,7 @@ def test_static_public_keys_verify_without_a_jwks(
     ],
 )
 def test_extract_from_authorization(
-    value: str | list[str] | None, expected: str | TokenReason, settings: TokenSettings
+    value: object, expected: str | TokenReason, settings: TokenSettings
 ) -> None:
     result = extract_token(value, settings)
     if not isinstance(expected, TokenReason):
