@@ -218,6 +218,9 @@ class KeyStore:
         except FetchError as failure:
             keys, error = [], str(failure)
             log.warning("cilium-identity: JWKS refresh failed: %s", error)
+        except Exception as failure:  # a bug must not kill the thread and freeze the store
+            keys, error = [], f"{type(failure).__name__}: {failure}"
+            log.exception("cilium-identity: JWKS refresh failed unexpectedly")
         with self._cond:
             if error is None:
                 self._remote = tuple(keys)

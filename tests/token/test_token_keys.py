@@ -231,3 +231,21 @@ def test_a_hanging_issuer_costs_a_request_at_most_the_fetch_timeout(
     assert (result.reason, result.status) == (TokenReason.KEYS_UNAVAILABLE, 503)
     # whichever ends first, the fetch's own timeout or the request's wait: no allow
     assert "did not finish in time" in result.description or "timed out" in result.description
+
+
+def test_an_unexpected_error_while_refreshing_keeps_the_store_alive(
+    issuer: FakeIssuer, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kong_cilium_identity.token import keys as keys_module
+
+    def broken(document: Any, max_keys: int) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(keys_module, "parse_jwks", broken)
+    settings = settings_for(issuer, min_refetch_interval=0.0)
+    store = open_store(settings)
+    result = verify(issuer.sign(issuer.claims()), settings, store)
+    assert isinstance(result, TokenFailure) and result.status == 503
+    assert "RuntimeError: bug" in result.description
+    monkeypatch.undo()
+    assert isinstance(verify(issuer.sign(issuer.claims()), settings, store), Verified)
