@@ -226,6 +226,7 @@ def test_a_hanging_issuer_costs_a_request_at_most_the_fetch_timeout(
         settings, keys=dataclasses.replace(settings.keys, fetch_timeout=0.2)
     )
     store = open_store(settings)
+    assert not store.ready()  # opening the store did not wait for the (hanging) fetch
     result = verify(issuer.sign(issuer.claims()), settings, store)
     assert isinstance(result, TokenFailure)
     assert (result.reason, result.status) == (TokenReason.KEYS_UNAVAILABLE, 503)
