@@ -17,6 +17,7 @@ event loop (``bridge_loop``) with Kong's failure semantics:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -143,6 +144,7 @@ class _Worker:
 
     rpc: RpcClient
     instances: dict[str, _Instance] = field(default_factory=dict)
+    server_pid: int | None = None
 
 
 @dataclass
@@ -227,6 +229,8 @@ class KongHarness:
             _Worker(RpcClient(str(self.socket_path), read_timeout=read_timeout, log=self._log))
             for _ in range(workers)
         ]
+        for w in self._workers:
+            w.rpc.on_notification = functools.partial(self._notification, w)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -594,6 +598,19 @@ class KongHarness:
             "protocol": "http",
             "ws_id": _WS_ID,
         }
+
+    @staticmethod
+    def _notification(w: _Worker, label: Any, args: Any) -> None:
+        """``rpc_notifications:serverPid``: a new server pid drops this RPC's instances."""
+        if label != "serverPid":
+            return
+        try:
+            pid = int(args)
+        except (TypeError, ValueError):
+            return
+        if w.server_pid is not None and pid != w.server_pid:
+            w.instances.clear()
+        w.server_pid = pid
 
     def _log(self, level: str, message: str) -> None:
         target = self._active_log if self._active_log is not None else self.kong_log

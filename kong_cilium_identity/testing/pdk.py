@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from kong_cilium_identity.testing.msgpack_rpc import LuaError
 
@@ -161,6 +161,15 @@ def lua_tostring(value: Any) -> str:
     return str(value)
 
 
+def _from_wire(value: Any) -> Any:
+    """A decoded msgpack value as the Lua table it becomes: a nil map value is no key."""
+    if isinstance(value, dict):
+        return {k: _from_wire(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_from_wire(v) for v in value]
+    return value
+
+
 def _is_str(value: Any) -> bool:
     return isinstance(value, str | bytes)
 
@@ -186,11 +195,11 @@ def _validate_header(name: Any, value: Any) -> None:
     """``checks.validate_header``: string name; string, number or boolean value."""
     if not _is_str(name):
         raise LuaError(
-            f"invalid header name {lua_tostring(name)!r}: got {_lua_type(name)}, expected string"
+            f'invalid header name "{lua_tostring(name)}": got {_lua_type(name)}, expected string'
         )
     if _lua_type(value) not in ("string", "number", "boolean"):
         raise LuaError(
-            f"invalid header value for {lua_tostring(name)!r}: got "
+            f'invalid header value for "{lua_tostring(name)}": got '
             f"{_lua_type(value)}, expected string, number or boolean"
         )
 
@@ -202,7 +211,7 @@ def _validate_headers(headers: Any) -> None:
     for name, value in _pairs(headers):
         if not _is_str(name):
             raise LuaError(
-                f"invalid header name {lua_tostring(name)!r}: got "
+                f'invalid header name "{lua_tostring(name)}": got '
                 f"{_lua_type(name)}, expected string"
             )
         vtype = _lua_type(value)
@@ -210,12 +219,12 @@ def _validate_headers(headers: Any) -> None:
             for item in _ipairs(value):
                 if not _is_str(item):
                     raise LuaError(
-                        f"invalid header value in array {lua_tostring(name)!r}: "
+                        f'invalid header value in array "{lua_tostring(name)}": '
                         f"got {_lua_type(item)}, expected string"
                     )
         elif vtype not in ("string", "number", "boolean"):
             raise LuaError(
-                f"invalid header value for {lua_tostring(name)!r}: got {vtype}, "
+                f'invalid header value for "{lua_tostring(name)}": got {vtype}, '
                 "expected string, number, boolean or array of strings"
             )
 
@@ -302,6 +311,7 @@ class Pdk:
             "kong.ctx.shared.set": self.ctx_shared_set,
             "kong.nginx.get_ctx": self.nginx_get_ctx,
             "kong.nginx.set_ctx": self.nginx_set_ctx,
+            "kong.nginx.get_var": self.nginx_get_var,
             "kong.log.serialize": self.log_serialize,
             "kong.log.set_serialize_value": self.log_set_serialize_value,
             "kong.plugin.get_id": lambda: self.plugin_id,
@@ -321,7 +331,7 @@ class Pdk:
     def call(self, method: str, args: Any) -> Any:
         """Apply ``args`` like ``method(unpack(args))`` and return the first result."""
         func = self.methods[method]
-        positional = list(args) if isinstance(args, list | tuple) else [args]
+        positional = [_from_wire(a) for a in (args if isinstance(args, list | tuple) else [args])]
         while positional and positional[-1] is None:  # msgpack nils leave no Lua slot
             positional.pop()
         params = inspect.signature(func).parameters.values()
@@ -438,9 +448,11 @@ class Pdk:
         query = self._live().path.partition("?")[2]
         out: dict[str, Any] = {}
         for pair in filter(None, query.split("&")):
-            name, has_value, _ = pair.partition("=")
-            value: Any = parse_qsl(pair, keep_blank_values=True)[0][1] if has_value else True
-            out.setdefault(name, []).append(value)
+            if "=" in pair:
+                name, value = parse_qsl(pair, keep_blank_values=True)[0]
+                out.setdefault(name, []).append(value)
+            else:  # a bare flag is `true` in Kong's query table
+                out.setdefault(unquote_plus(pair), []).append(True)
         return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
 
     def request_get_scheme(self) -> str:
@@ -579,6 +591,24 @@ class Pdk:
             self._ctx().pop(key, None)
         else:
             self._ctx()[key] = value
+
+    def nginx_get_var(self, name: Any = None) -> Any:
+        """A few ``ngx.var`` entries (unknown variables are nil, as in nginx)."""
+        request = self._live()
+        variables = {
+            "remote_addr": request.forwarded_ip or request.client_ip,
+            "realip_remote_addr": request.client_ip,
+            "remote_port": str(request.forwarded_port or request.client_port),
+            "realip_remote_port": str(request.client_port),
+            "server_port": str(request.server_port),
+            "scheme": request.scheme,
+            "host": request.host,
+            "request_method": request.method,
+            "request_uri": request.path,
+            "uri": request.path.split("?", 1)[0],
+            "kong_request_id": self.state.request_id,
+        }
+        return variables.get(lua_tostring(name))
 
     def log_serialize(self) -> str:
         """Kong's exposed ``kong.log.serialize`` returns the JSON *string* of the table."""
