@@ -187,12 +187,13 @@ class KubernetesSource:
     name = NAME
     cacheable = False
 
-    def __init__(self, api_client: Any, settings: KubernetesSettings) -> None:
+    def __init__(self, http_client: Any, settings: KubernetesSettings) -> None:
+        """``http_client`` is a kubernetes ``ApiClient``; the source closes it."""
         self.index = EndpointIndex(NAME)
-        self._client = api_client
+        self._client = http_client
         self._max_stale = settings.max_stale
         self._last_wait_log = 0.0
-        api = client.CustomObjectsApi(api_client)
+        api = client.CustomObjectsApi(http_client)
         self.endpoints = ListWatch(
             api, ENDPOINTS, self.index.begin_relist, self.index.apply, settings.watch
         )
