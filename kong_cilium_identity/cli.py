@@ -48,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="PDK calls return data or raise instead of (data, err) tuples",
     )
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="expose Prometheus metrics on this port (0: off)",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address of the metrics listener (default 127.0.0.1)",
+    )
+    serve.add_argument(
         "-v", "--verbose", action="count", default=0, help="-v logs every decision, -vv debug"
     )
     return parser
@@ -74,6 +85,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.kong_prefix):
         print(f"kong prefix {args.kong_prefix} does not exist", file=sys.stderr)
         return 1
+    if args.metrics_port:
+        from kong_cilium_identity.metrics import serve_metrics
+
+        serve_metrics(args.metrics_port, args.metrics_address)
     from kong_cilium_identity.stock_server import serve
 
     serve(args.kong_prefix, args.socket_name, lua_style=not args.no_lua_style)

@@ -17,6 +17,7 @@ event loop (``bridge_loop``) with Kong's failure semantics:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -143,6 +144,7 @@ class _Worker:
 
     rpc: RpcClient
     instances: dict[str, _Instance] = field(default_factory=dict)
+    server_pid: int | None = None
 
 
 @dataclass
@@ -171,8 +173,10 @@ def _parse_dump(stdout: bytes, command: Sequence[str]) -> PluginInfo:
         raise DumpRejected("Name must be a string")
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise DumpRejected(f'plugin "{name}": VERSION must be a string in the form x.y.z')
-    if isinstance(priority, bool) or not isinstance(priority, int | float) or (
-        isinstance(priority, float) and not priority.is_integer()
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int | float)
+        or (isinstance(priority, float) and not priority.is_integer())
     ):
         raise DumpRejected(f'plugin "{name}": PRIORITY must be an integer')
     phases = info.get("Phases")
@@ -228,6 +232,8 @@ class KongHarness:
             _Worker(RpcClient(str(self.socket_path), read_timeout=read_timeout, log=self._log))
             for _ in range(workers)
         ]
+        for w in self._workers:
+            w.rpc.on_notification = functools.partial(self._notification, w)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -254,9 +260,7 @@ class KongHarness:
 
     def query(self) -> PluginInfo:
         """Run ``query_cmd`` like ``io.popen`` (stdout only) and validate the dump."""
-        done = subprocess.run(
-            self.query_cmd, capture_output=True, timeout=60, check=False
-        )
+        done = subprocess.run(self.query_cmd, capture_output=True, timeout=60, check=False)
         self._info = _parse_dump(done.stdout, self.query_cmd)
         return self._info
 
@@ -385,10 +389,13 @@ class KongHarness:
             if "log" in phases and "log" in self.info.phases:
                 saved = SavedForLog(
                     serialize_data=serialize(state, status=outcome.status),
-                    request_headers={k: v[0] if len(v) == 1 else list(v)
-                                     for k, v in state.headers.items()},
-                    response_headers={k: v[0] if len(v) == 1 else list(v)
-                                      for k, v in outcome.response_headers.items()},
+                    request_headers={
+                        k: v[0] if len(v) == 1 else list(v) for k, v in state.headers.items()
+                    },
+                    response_headers={
+                        k: v[0] if len(v) == 1 else list(v)
+                        for k, v in outcome.response_headers.items()
+                    },
                     response_status=outcome.status,
                     ngx_ctx=dict(state.ngx_ctx),
                     ctx_shared=state.ctx_shared,
@@ -494,9 +501,7 @@ class KongHarness:
         self._log("err", err)
         return _PhaseResult(failed_open=True)
 
-    def _get_instance_id(
-        self, worker: int, plugin: ConfiguredPlugin, rpc_calls: list[str]
-    ) -> int:
+    def _get_instance_id(self, worker: int, plugin: ConfiguredPlugin, rpc_calls: list[str]) -> int:
         w = self._workers[worker]
         cached = w.instances.get(plugin.id)
         if (
@@ -509,7 +514,9 @@ class KongHarness:
         old_id = cached.id if cached is not None else None
         try:
             status = self._call(
-                w, rpc_calls, "plugin.StartInstance",
+                w,
+                rpc_calls,
+                "plugin.StartInstance",
                 {"Name": self.info.name, "Config": json.dumps(plugin.conf)},
             )
         except RpcError as exc:
@@ -596,6 +603,19 @@ class KongHarness:
             "protocol": "http",
             "ws_id": _WS_ID,
         }
+
+    @staticmethod
+    def _notification(w: _Worker, label: Any, args: Any) -> None:
+        """``rpc_notifications:serverPid``: a new server pid drops this RPC's instances."""
+        if label != "serverPid":
+            return
+        try:
+            pid = int(args)
+        except (TypeError, ValueError):
+            return
+        if w.server_pid is not None and pid != w.server_pid:
+            w.instances.clear()
+        w.server_pid = pid
 
     def _log(self, level: str, message: str) -> None:
         target = self._active_log if self._active_log is not None else self.kong_log

@@ -18,9 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-FIELD_TYPES = frozenset(
-    {"string", "integer", "number", "boolean", "array", "set", "map", "record"}
-)
+FIELD_TYPES = frozenset({"string", "integer", "number", "boolean", "array", "set", "map", "record"})
 FIELD_ATTRIBUTES = frozenset(
     {
         "type",

@@ -235,7 +235,7 @@ class RpcClient:
         self.socket_path = socket_path
         self.read_timeout = read_timeout
         self._log = log
-        self._on_notification = on_notification
+        self.on_notification = on_notification
         self._pool: list[socket.socket] = []
         self.msg_id = 0
 
@@ -253,8 +253,8 @@ class RpcClient:
         while True:
             message = self._read_message(conn, unpacker)
             if isinstance(message, list | tuple) and message and message[0] == 2:
-                if self._on_notification is not None and len(message) >= 3:
-                    self._on_notification(message[1], message[2])
+                if self.on_notification is not None and len(message) >= 3:
+                    self.on_notification(message[1], message[2])
                 continue
             if not isinstance(message, list | tuple) or len(message) < 4 or message[0] != 1:
                 conn.close()

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from kong_cilium_identity.testing.msgpack_rpc import LuaError
 
@@ -161,6 +161,15 @@ def lua_tostring(value: Any) -> str:
     return str(value)
 
 
+def _from_wire(value: Any) -> Any:
+    """A decoded msgpack value as the Lua table it becomes: a nil map value is no key."""
+    if isinstance(value, dict):
+        return {k: _from_wire(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_from_wire(v) for v in value]
+    return value
+
+
 def _is_str(value: Any) -> bool:
     return isinstance(value, str | bytes)
 
@@ -185,11 +194,14 @@ def _lua_type(value: Any) -> str:
 def _validate_header(name: Any, value: Any) -> None:
     """``checks.validate_header``: string name; string, number or boolean value."""
     if not _is_str(name):
-        raise LuaError(f"invalid header name {lua_tostring(name)!r}: got {_lua_type(name)}, "
-                       "expected string")
+        raise LuaError(
+            f'invalid header name "{lua_tostring(name)}": got {_lua_type(name)}, expected string'
+        )
     if _lua_type(value) not in ("string", "number", "boolean"):
-        raise LuaError(f"invalid header value for {lua_tostring(name)!r}: got "
-                       f"{_lua_type(value)}, expected string, number or boolean")
+        raise LuaError(
+            f'invalid header value for "{lua_tostring(name)}": got '
+            f"{_lua_type(value)}, expected string, number or boolean"
+        )
 
 
 def _validate_headers(headers: Any) -> None:
@@ -198,17 +210,23 @@ def _validate_headers(headers: Any) -> None:
         raise LuaError("headers must be a table")
     for name, value in _pairs(headers):
         if not _is_str(name):
-            raise LuaError(f"invalid header name {lua_tostring(name)!r}: got "
-                           f"{_lua_type(name)}, expected string")
+            raise LuaError(
+                f'invalid header name "{lua_tostring(name)}": got '
+                f"{_lua_type(name)}, expected string"
+            )
         vtype = _lua_type(value)
         if vtype == "table":
             for item in _ipairs(value):
                 if not _is_str(item):
-                    raise LuaError(f"invalid header value in array {lua_tostring(name)!r}: "
-                                   f"got {_lua_type(item)}, expected string")
+                    raise LuaError(
+                        f'invalid header value in array "{lua_tostring(name)}": '
+                        f"got {_lua_type(item)}, expected string"
+                    )
         elif vtype not in ("string", "number", "boolean"):
-            raise LuaError(f"invalid header value for {lua_tostring(name)!r}: got {vtype}, "
-                           "expected string, number, boolean or array of strings")
+            raise LuaError(
+                f'invalid header value for "{lua_tostring(name)}": got {vtype}, '
+                "expected string, number, boolean or array of strings"
+            )
 
 
 def _pairs(table: Any) -> list[tuple[Any, Any]]:
@@ -293,6 +311,7 @@ class Pdk:
             "kong.ctx.shared.set": self.ctx_shared_set,
             "kong.nginx.get_ctx": self.nginx_get_ctx,
             "kong.nginx.set_ctx": self.nginx_set_ctx,
+            "kong.nginx.get_var": self.nginx_get_var,
             "kong.log.serialize": self.log_serialize,
             "kong.log.set_serialize_value": self.log_set_serialize_value,
             "kong.plugin.get_id": lambda: self.plugin_id,
@@ -312,7 +331,7 @@ class Pdk:
     def call(self, method: str, args: Any) -> Any:
         """Apply ``args`` like ``method(unpack(args))`` and return the first result."""
         func = self.methods[method]
-        positional = list(args) if isinstance(args, list | tuple) else [args]
+        positional = [_from_wire(a) for a in (args if isinstance(args, list | tuple) else [args])]
         while positional and positional[-1] is None:  # msgpack nils leave no Lua slot
             positional.pop()
         params = inspect.signature(func).parameters.values()
@@ -429,9 +448,11 @@ class Pdk:
         query = self._live().path.partition("?")[2]
         out: dict[str, Any] = {}
         for pair in filter(None, query.split("&")):
-            name, has_value, _ = pair.partition("=")
-            value: Any = parse_qsl(pair, keep_blank_values=True)[0][1] if has_value else True
-            out.setdefault(name, []).append(value)
+            if "=" in pair:
+                name, value = parse_qsl(pair, keep_blank_values=True)[0]
+                out.setdefault(name, []).append(value)
+            else:  # a bare flag is `true` in Kong's query table
+                out.setdefault(unquote_plus(pair), []).append(True)
         return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
 
     def request_get_scheme(self) -> str:
@@ -501,8 +522,10 @@ class Pdk:
     def response_get_status(self) -> int:
         if self.saved is not None:
             return self.saved.response_status
-        raise LuaError("function cannot be called in access phase (only in: header_filter, "
-                       "response, body_filter, log, admin_api)")
+        raise LuaError(
+            "function cannot be called in access phase (only in: header_filter, "
+            "response, body_filter, log, admin_api)"
+        )
 
     def response_exit(self, status: Any = None, body: Any = None, headers: Any = None) -> None:
         _check_status(status, 100)
@@ -527,8 +550,10 @@ class Pdk:
             raise LuaError("message must be a nil, a string or a table")
         out_headers = self._exit_headers(headers)
         out_headers.setdefault("content-type", [CONTENT_TYPE_JSON])
-        text = lua_tostring(message) if message is not None else HTTP_MESSAGES.get(
-            int(status), f"The upstream server responded with {int(status)}"
+        text = (
+            lua_tostring(message)
+            if message is not None
+            else HTTP_MESSAGES.get(int(status), f"The upstream server responded with {int(status)}")
         )
         body = json.dumps({"message": text, "request_id": self.state.request_id}, indent=2)
         raise ResponseExit(int(status), body.encode(), out_headers)
@@ -567,13 +592,32 @@ class Pdk:
         else:
             self._ctx()[key] = value
 
+    def nginx_get_var(self, name: Any = None) -> Any:
+        """A few ``ngx.var`` entries (unknown variables are nil, as in nginx)."""
+        request = self._live()
+        variables = {
+            "remote_addr": request.forwarded_ip or request.client_ip,
+            "realip_remote_addr": request.client_ip,
+            "remote_port": str(request.forwarded_port or request.client_port),
+            "realip_remote_port": str(request.client_port),
+            "server_port": str(request.server_port),
+            "scheme": request.scheme,
+            "host": request.host,
+            "request_method": request.method,
+            "request_uri": request.path,
+            "uri": request.path.split("?", 1)[0],
+            "kong_request_id": self.state.request_id,
+        }
+        return variables.get(lua_tostring(name))
+
     def log_serialize(self) -> str:
         """Kong's exposed ``kong.log.serialize`` returns the JSON *string* of the table."""
         data = self.saved.serialize_data if self.saved is not None else serialize(self.state)
         return json.dumps(data, default=lua_tostring)
 
-    def log_set_serialize_value(self, key: Any = None, value: Any = None,
-                                options: Any = None) -> None:
+    def log_set_serialize_value(
+        self, key: Any = None, value: Any = None, options: Any = None
+    ) -> None:
         if not _is_str(key):
             raise LuaError("key must be a string")
         mode = "set"

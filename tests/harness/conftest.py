@@ -6,7 +6,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,6 @@ def make_harness(short_prefix: Path) -> Iterator[MakeHarness]:
         harness.close()
 
 
-def script(*steps: list[object]) -> dict[str, str]:
+def script(*steps: Sequence[object]) -> dict[str, str]:
     """A probe-plugin config running ``steps``."""
     return {"script": json.dumps(list(steps))}

@@ -7,6 +7,7 @@ log: checks that ``kong.log.serialize()`` arrives as a JSON string.
 """
 
 import json
+from typing import Any
 
 version = "1.2.3"
 priority = 1000
@@ -27,10 +28,10 @@ Schema = (
 
 
 class Plugin:
-    def __init__(self, config):
+    def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    def access(self, kong):
+    def access(self, kong: Any) -> None:
         consumer = kong.client.get_consumer()
         kong.client.get_credential()
         headers = kong.request.get_headers()
@@ -47,7 +48,7 @@ class Plugin:
             }
         )
 
-    def log(self, kong):
+    def log(self, kong: Any) -> None:
         serialized = kong.log.serialize()
         kong.log.notice("serialize type: ", type(serialized).__name__)
 

@@ -10,6 +10,7 @@ A ``kong.response.exit``/``error`` call ends the script, as it does for a real p
 import functools
 import json
 import time
+from typing import Any
 
 version = "0.1.0"
 priority = 10
@@ -20,20 +21,20 @@ Schema = (
 TERMINAL = ("kong.response.exit", "kong.response.error")
 
 
-def _json_safe(value):
+def _json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"bytes": value.hex()}
     return value
 
 
 class Plugin:
-    def __init__(self, config):
+    def __init__(self, config: dict[str, Any]) -> None:
         if config.get("fail_init"):
             raise RuntimeError("probe refuses to start")
         self.script = json.loads(config["script"])
 
-    def access(self, kong):
-        results = []
+    def access(self, kong: Any) -> None:
+        results: list[Any] = []
         for step in self.script:
             op = step[0]
             if op == "raise":
