@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import greenlet
@@ -155,9 +155,6 @@ class EventTable:
 
     def __len__(self) -> int:
         return len(self._events)
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(list(self._events.values()))
 
     def new_id(self) -> int:
         event_id = self._next

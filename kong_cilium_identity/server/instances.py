@@ -80,9 +80,6 @@ class InstanceTable:
     def __iter__(self) -> Iterator[Instance]:
         return iter(list(self._instances.values()))
 
-    def __len__(self) -> int:
-        return len(self._instances)
-
     def new_id(self) -> int:
         instance_id = self._next
         while instance_id in self._instances:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
+from kong_cilium_identity.testing.msgpack_rpc import RpcClient
 from tests.harness.conftest import script
 from tests.server.conftest import SERVERS, MakeKong
 
@@ -66,8 +67,9 @@ def test_exception_after_first_pdk_call_refuses(make_kong: MakeKong, server: str
 def test_hung_plugin_is_refused_at_the_deadline(
     make_kong: MakeKong, server: str, where: str
 ) -> None:
-    kong = make_kong(server, deadline=0.3, read_timeout=1.5)
-    steps = [["sleep", 3.0]]
+    kong = make_kong(server, deadline=0.3, read_timeout=1.0)
+    late_calls = [["call", "kong.client.get_ip"], ["call", "kong.response.exit", 200]]
+    steps = [["sleep", 1.5], *late_calls]
     if where == "after":
         steps.insert(0, ["call", "kong.client.get_ip"])
     out = kong.request(kong.add_plugin(script(*steps)))
@@ -76,9 +78,16 @@ def test_hung_plugin_is_refused_at_the_deadline(
         assert ("err", "lua tcp socket read timed out") in out.kong_log
         return
     assert_refused(out)
-    # The late plugin code finishes in the background and corrupts nothing.
-    assert ok_request(kong).proxied
     assert any("exceeded the 0.3s deadline" in line for line in kong.server_output)
+    # The late plugin code wakes up and makes PDK calls: none reaches Kong, none corrupts
+    # another event, and the abandoned event leaves nothing behind.
+    assert ok_request(kong).proxied
+    time.sleep(1.5)
+    assert ok_request(kong).proxied
+    status = RpcClient(str(kong.socket_path), read_timeout=5.0, log=lambda *_: None).call(
+        "plugin.GetStatus"
+    )
+    assert status["Events"] == 0
 
 
 @pytest.mark.parametrize("server", SERVERS)
