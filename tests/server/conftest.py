@@ -20,6 +20,7 @@ PLUGINS = {
     "gate": HERE / "plugins" / "gate_plugin.py",
     "after-exit": HERE / "plugins" / "after_exit_plugin.py",
     "noop": HERE / "plugins" / "noop_plugin.py",
+    "log-raise": HERE / "plugins" / "log_raise_plugin.py",
     "cilium-identity": ROOT / "kong_cilium_identity" / "plugin.py",
 }
 SOCKET = "plugin.socket"
@@ -52,6 +53,7 @@ def make_kong(prefix: Path) -> Iterator[MakeKong]:
         plugin: str = "probe",
         *,
         deadline: float = 10.0,
+        idle_event_limit: float = 300.0,
         lua_style: bool = False,
         read_timeout: float = 10.0,
         workers: int = 1,
@@ -60,6 +62,7 @@ def make_kong(prefix: Path) -> Iterator[MakeKong]:
         extra = [] if lua_style else ["--no-lua-style"]
         if server == "ours":
             extra += ["--event-deadline", str(deadline)]
+            extra += ["--idle-event-limit", str(idle_event_limit)]
         query, start_cmd = commands(server, plugin, prefix, *extra)
         kong = KongHarness(
             query,

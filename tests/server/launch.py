@@ -2,7 +2,7 @@
 
 python launch.py {ours|stock|stock-gevent} PLUGIN_FILE NAME --dump
 python launch.py {ours|stock|stock-gevent} PLUGIN_FILE NAME --kong-prefix P --socket-name S
-    [--no-lua-style] [--event-deadline SECONDS]
+    [--no-lua-style] [--event-deadline SECONDS] [--idle-event-limit SECONDS]
 
 The plugin module follows kong-pdk's contract (``Plugin``, ``Schema``, ``version``,
 ``priority``), so the very same module runs under stock kong-pdk and under ours.
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--socket-name", default="test.socket")
     parser.add_argument("--no-lua-style", action="store_true")
     parser.add_argument("--event-deadline", type=float, default=10.0)
+    parser.add_argument("--idle-event-limit", type=float, default=300.0)
     args = parser.parse_args()
     module = load(args.plugin)
     schema = list(getattr(module, "Schema", []))
@@ -54,6 +55,7 @@ def main() -> None:
             socket_name=args.socket_name,
             lua_style=not args.no_lua_style,
             event_deadline=args.event_deadline,
+            idle_event_limit=args.idle_event_limit,
             **meta,
         )
     from kong_pdk.cli import start_dedicated_server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,41 @@ def test_invalid_utf8_reaches_the_plugin_as_surrogates(make_kong: MakeKong) -> N
     assert out.proxied and not out.failed_open
     seen = json.loads(out.upstream_headers["x-probe"][0].encode("utf-8", "surrogateescape"))
     assert seen[0]["x-bad"] == ["a\udcffb"]
+
+
+def test_events_kong_stopped_stepping_are_dropped(make_kong: MakeKong) -> None:
+    """An nginx worker that dies mid-request never sends the next Step."""
+    kong = make_kong("ours", idle_event_limit=0.2)
+    rpc = rpc_for(kong)
+    instance_id = start(rpc, script(["call", "kong.client.get_ip"]))
+    parked = rpc.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
+    assert rpc.call("plugin.GetStatus")["Events"] == 1
+    wait_for_output(kong, f"event {parked['EventId']} got no Step")
+    assert rpc.call("plugin.GetStatus")["Events"] == 0
+    late = rpc.call("plugin.Step", {"EventId": parked["EventId"], "Data": "10.0.0.1"})
+    assert late["Data"] == FAIL_CLOSED
+
+
+def test_exception_in_the_log_phase_just_ends_the_event(make_kong: MakeKong) -> None:
+    """The response is gone: a 500 exit would be a Lua error in Kong's log timer."""
+    kong = make_kong("ours", "log-raise")
+    out = kong.request(kong.add_plugin({}), phases=("access", "log"))
+    assert out.proxied and out.status == 200
+    assert out.rpc_calls[-2:] == ["plugin.HandleEvent", "plugin.Step"]
+    assert not any("log phase" in message for _, message in out.kong_log)
+    wait_for_output(kong, "log phase failed on purpose")
+
+
+def test_slow_start_instance_is_refused_and_the_late_instance_closed(
+    make_kong: MakeKong, prefix: Path
+) -> None:
+    kong = make_kong("ours", "gate", deadline=0.3)
+    marker = prefix / "late-instance-closed"
+    out = kong.request(kong.add_plugin({"marker": str(marker), "init_sleep": 1.0}))
+    assert out.status == 500 and not out.proxied and not out.failed_open
+    assert any("exceeded the deadline" in message for _, message in out.kong_log)
+    deadline = time.monotonic() + 5.0
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    assert rpc_for(kong).call("plugin.GetStatus")["Plugins"]["gate"]["Instances"] == []

@@ -3,19 +3,26 @@
 
 On allow it marks ``kong.ctx.shared`` like cilium-identity does for the Kong-side guard.
 ``config.marker``: a file the instance's ``close()`` writes (CloseInstance must call it).
+``config.init_sleep``: seconds the constructor takes (a slow StartInstance).
 Works in both return conventions.
 """
+
+import time
 
 from kong_cilium_identity import pdk
 
 version = "0.1.0"
 priority = 1000
-Schema = ({"marker": {"type": "string"}},)
+Schema = (
+    {"marker": {"type": "string"}},
+    {"init_sleep": {"type": "number", "default": 0}},
+)
 
 
 class Plugin:
     def __init__(self, config):
         self.marker = config.get("marker")
+        time.sleep(config["init_sleep"])
 
     def access(self, kong):
         headers = pdk.call(kong.request.get_headers)
