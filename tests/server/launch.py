@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import sys
 from types import ModuleType
 
@@ -47,7 +48,10 @@ def main() -> None:
         if args.dump:
             print(json.dumps([plugin_info(module.Plugin, schema=schema, **meta)]))
             return
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.INFO if os.environ.get("LAUNCH_INFO") else logging.WARNING,
+            stream=sys.stderr,
+        )
         serve(
             module.Plugin,
             schema=schema,

@@ -191,3 +191,19 @@ def test_memory_is_flat_across_mixed_allow_and_deny(make_kong: MakeKong) -> None
     assert result.outcomes == {"proxied": 15_000, "error 403": 15_000}
     assert max(rss) <= rss[0] * 1.10, rss
     assert rpc_for(kong).call("plugin.GetStatus")["Events"] == 0
+
+
+def test_blocking_plugin_code_under_load_moves_the_loop_and_cleans_up(
+    make_kong: MakeKong,
+) -> None:
+    """Many events blocking in plugin code at once: the loop moves to fresh threads, Steps
+    reach the threads holding their greenlets, and everything ends clean."""
+    kong = make_kong("ours")
+    steps = [["call", "kong.client.get_ip"], ["sleep", 0.2], ["call", "kong.client.get_ip"]]
+    conf = kong.add_plugin(script(*steps)).conf
+    load = KongLoad(str(kong.socket_path), plugin_name="probe", conf=conf, concurrency=16)
+    result = load.run([LoadRequest({"kong.client.get_ip": "10.0.0.1"})], 32)
+    assert result.outcomes == {"proxied": 32}
+    rpc = rpc_for(kong)
+    assert wait_for(lambda: rpc.call("plugin.GetStatus")["Threads"] == 1)
+    assert rpc.call("plugin.GetStatus")["Events"] == 0
