@@ -59,6 +59,7 @@ class Event:
 
     __slots__ = (
         "greenlet",
+        "handler",
         "id",
         "lua_style",
         "parked_at",
@@ -87,13 +88,18 @@ class Event:
         self.state = State.RUNNING
         self.parked_at = 0.0
         self.pending: Any = None  # the Kong request waiting for this event's next message
-        # The greenlet is created, and so bound, on the worker's thread.
-        self.greenlet = greenlet.greenlet(run=_run_phase(handler, event_id))
+        self.handler = handler
+        self.greenlet: Any = None  # created by bind() on the worker's thread
+
+    def bind(self) -> None:
+        """Create the event's greenlet on the calling thread: it can only ever run there."""
+        self.greenlet = greenlet.greenlet(run=_run_phase(self.handler, self.id))
         setattr(self.greenlet, EVENT_ATTRIBUTE, self)
 
     @property
     def dead(self) -> bool:
-        return bool(self.greenlet.dead)
+        """True once the plugin code ended, or when it never started."""
+        return self.greenlet is None or bool(self.greenlet.dead)
 
     def abandon_code(self) -> Any:
         """Unwind plugin code that is parked in a PDK call (it sees EventAbandoned)."""

@@ -12,6 +12,12 @@ cannot move between threads); the loop forwards their Steps through the thread's
 the thread ends once its last event is done. Threads are created only on such stalls, never
 per event.
 
+For a while after a stall (``SPREAD_AFTER_STALL``), new events are started on a small pool
+of other threads instead of the loop thread, so that plugin code that blocks runs in
+parallel instead of queueing behind one stuck thread; their Steps reach them through their
+inboxes (one thread hand-off per RPC, the price of blocking code). Pool threads end after
+``POOL_LINGER`` seconds without events.
+
 Every Kong request we owe a reply is a :class:`Pending`; when one is older than
 ``event_deadline`` the supervisor answers it itself: ``kong.response.error(500)`` for an
 event (the event is abandoned and its late PDK calls raise :class:`EventAbandoned`), an error
@@ -45,6 +51,8 @@ A = TypeVar("A")
 
 SWEEP_INTERVAL = 1.0
 UNWIND_ATTEMPTS = 3
+SPREAD_AFTER_STALL = 10.0
+POOL_LINGER = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,13 +84,14 @@ class Pending:
 class Worker:
     """A thread that runs plugin code; at any time exactly one worker owns the loop."""
 
-    __slots__ = ("busy_since", "events", "inbox", "number")
+    __slots__ = ("busy_since", "events", "inbox", "linger_until", "number")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.inbox: queue.SimpleQueue[tuple[Event, Any] | None] = queue.SimpleQueue()
         self.events: set[Event] = set()
         self.busy_since: float | None = None
+        self.linger_until = 0.0  # a pool worker waits this long for new events
 
 
 class Runtime:
@@ -102,6 +111,7 @@ class Runtime:
         self.kong = new_kong()
         self.stopping = False
         self.fatal = False
+        self.spread_until = 0.0
         self._workers_made = 0
         self.workers: set[Worker] = set()
         self.owner = self._new_worker()
@@ -178,8 +188,8 @@ class Runtime:
                 self._sweep(worker)
 
     def _drain(self, worker: Worker) -> None:
-        """A detached worker serves the events whose greenlets it holds, then ends."""
-        while worker.events and not self.stopping:
+        """A detached or pool worker serves the events whose greenlets it holds, then ends."""
+        while (worker.events or time.monotonic() < worker.linger_until) and not self.stopping:
             self.lock.release()
             try:
                 item = worker.inbox.get(timeout=SWEEP_INTERVAL)
@@ -236,6 +246,7 @@ class Runtime:
                 self.fatal = True
             return
         log.info("plugin code held the event loop for %.3fs; moving the loop", stalled_for)
+        self.spread_until = time.monotonic() + SPREAD_AFTER_STALL
         self.owner = self._new_worker()
         self._start_thread(self.owner)
 
@@ -316,13 +327,32 @@ class Runtime:
             log.error("instance #%s has no phase %r; the request is refused", instance.id, phase)
             conn.reply(msgid, protocol.event_result(event_id, protocol.FAIL_CLOSED))
             return
+        target = self._place(worker)
         event = Event(
-            event_id, phase, handler, worker, lua_style=self.lua_style, pdk_error=pdk_exception
+            event_id, phase, handler, target, lua_style=self.lua_style, pdk_error=pdk_exception
         )
         self.events.add(event)
-        worker.events.add(event)
+        target.events.add(event)
         event.pending = self._pending(conn, msgid, event)
-        self._advance(worker, event, self.kong)
+        if target is worker:
+            self._advance(worker, event, self.kong)
+        else:
+            target.inbox.put((event, self.kong))
+
+    def _place(self, worker: Worker) -> Worker:
+        """The worker a new event runs on: this one, unless plugin code stalled recently."""
+        now = time.monotonic()
+        if now >= self.spread_until:
+            return worker
+        idle = [w for w in self.workers if w is not self.owner and w.busy_since is None]
+        chosen = min(idle, key=lambda w: len(w.events), default=None)
+        if (chosen is None or chosen.events) and len(self.workers) < self.limits.max_threads // 2:
+            chosen = self._new_worker()
+            self._start_thread(chosen)
+        if chosen is None:
+            return worker
+        chosen.linger_until = now + POOL_LINGER
+        return chosen
 
     def _step(self, worker: Worker, conn: Connection, msgid: Any, params: list[Any]) -> None:
         self._resume(worker, conn, msgid, params, False)
@@ -352,6 +382,8 @@ class Runtime:
 
     def _advance(self, worker: Worker, event: Event, value: Any) -> None:
         """Run the event's plugin code to its next PDK call or its end, and tell Kong."""
+        if event.greenlet is None:
+            event.bind()
         worker.busy_since = time.monotonic()  # _run, inlined on this hot path
         self.lock.release()
         try:

@@ -205,5 +205,5 @@ def test_blocking_plugin_code_under_load_moves_the_loop_and_cleans_up(
     result = load.run([LoadRequest({"kong.client.get_ip": "10.0.0.1"})], 32)
     assert result.outcomes == {"proxied": 32}
     rpc = rpc_for(kong)
-    assert wait_for(lambda: rpc.call("plugin.GetStatus")["Threads"] == 1)
+    assert wait_for(lambda: rpc.call("plugin.GetStatus")["Threads"] == 1, timeout=20.0)
     assert rpc.call("plugin.GetStatus")["Events"] == 0
