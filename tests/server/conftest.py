@@ -21,6 +21,7 @@ PLUGINS = {
     "after-exit": HERE / "plugins" / "after_exit_plugin.py",
     "noop": HERE / "plugins" / "noop_plugin.py",
     "log-raise": HERE / "plugins" / "log_raise_plugin.py",
+    "bad-args": HERE / "plugins" / "bad_args_plugin.py",
     "cilium-identity": ROOT / "kong_cilium_identity" / "plugin.py",
 }
 SOCKET = "plugin.socket"

@@ -14,7 +14,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import sys
 from types import ModuleType
 
@@ -49,7 +48,7 @@ def main() -> None:
             print(json.dumps([plugin_info(module.Plugin, schema=schema, **meta)]))
             return
         logging.basicConfig(
-            level=logging.INFO if os.environ.get("LAUNCH_INFO") else logging.WARNING,
+            level=logging.WARNING,
             stream=sys.stderr,
         )
         serve(

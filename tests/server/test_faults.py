@@ -196,3 +196,16 @@ def test_close_instance_calls_the_plugins_close(
     out = kong.request(plugin, KongRequest(headers={"x-token": "open"}))
     assert out.rpc_calls[:2] == ["plugin.StartInstance", "plugin.CloseInstance"]
     assert marker.exists() is (server == "ours")
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_pdk_arguments_msgpack_cannot_carry_refuse_the_request(
+    make_kong: MakeKong, server: str
+) -> None:
+    kong = make_kong(server, "bad-args", read_timeout=1.0)
+    out = kong.request(kong.add_plugin({}))
+    if server == "stock":
+        assert_failed_open(out)  # the encoding error became an error reply
+        return
+    assert_refused(out)
+    assert kong.request(kong.add_plugin({})).status == 500  # and the server still answers
