@@ -183,6 +183,16 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         self.open_sockets: set[socket.socket] = set()
         super().__init__(path, _Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """As ThreadingMixIn does, with threads named for leak checks that skip the fake."""
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name="fake-agent-connection",
+            daemon=True,
+        )
+        thread.start()
+
     def drop_connections(self) -> None:
         """Close every client connection, as a dying agent would."""
         with self.state.lock:
@@ -216,6 +226,11 @@ class FakeAgent:
     def requests(self, path: str) -> int:
         with self.state.lock:
             return self.state.requests[path]
+
+    def drop_connections(self) -> None:
+        """Close open client connections (an agent closing idle keep-alive connections)."""
+        if self._server is not None:
+            self._server.drop_connections()
 
     def start(self) -> FakeAgent:
         self.socket_path.unlink(missing_ok=True)
