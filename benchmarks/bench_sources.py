@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kong_cilium_identity.identity.model import LookupStatus, Peer
@@ -56,7 +56,7 @@ def timed(lookups: int, ask: Callable[[int], LookupStatus]) -> list[float]:
     return samples
 
 
-def cache_hit_us(kind: str, record: dict[str, object], rounds: int = 100_000) -> float:
+def cache_hit_us(kind: str, record: Mapping[str, object], rounds: int = 100_000) -> float:
     settings = ResolverSettings(
         sources=((kind, SOURCE_KINDS[kind].parse(record)),),
         cache=CacheSettings(ttl=600.0),
@@ -73,7 +73,7 @@ def cache_hit_us(kind: str, record: dict[str, object], rounds: int = 100_000) ->
         RESOLVERS.release(settings)
 
 
-def singleflight_calls(kind: str, record: dict[str, object], calls: Callable[[], int]) -> int:
+def singleflight_calls(kind: str, record: Mapping[str, object], calls: Callable[[], int]) -> int:
     settings = ResolverSettings(sources=((kind, SOURCE_KINDS[kind].parse(record)),), timeout=10.0)
     resolver = RESOLVERS.acquire(settings)
     try:
