@@ -1,0 +1,324 @@
+"""Kong's side of the MessagePack-RPC link to an external plugin server.
+
+Mirrors ``kong/runloop/plugin_servers/rpc/mp_rpc.lua`` (Kong 3.9):
+
+* values are encoded the way lua-MessagePack encodes the equivalent Lua value (see
+  :func:`encode`), so tests can send exactly what Kong sends, invalid UTF-8 included;
+* :class:`RpcClient` sends one request per call over a pooled Unix-socket connection, never
+  pipelines, checks the reply id and reports failures with the error strings Kong produces;
+* :data:`STEP_METHOD` and :func:`fix_result` are Kong's Step-name table and result fixers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import socket
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+
+class RpcError(Exception):
+    """An RPC that failed the way ``Rpc:call`` reports it: ``nil, err``."""
+
+
+class LuaError(Exception):
+    """A Lua ``error()`` raised on Kong's side: the request coroutine dies (HTTP 500)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """A Lua string Kong packs as msgpack ``bin`` (``fix_raw``: raw bodies)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MultiMap:
+    """A Lua table of header/query values Kong packs through ``fix_mmap``.
+
+    Values may be a string (sent as ``[value]``), ``True`` (sent as ``[]``) or a list of
+    strings (sent as is); an empty table is sent as an empty *map*, unlike other empty tables.
+    """
+
+    items: Mapping[str, str | bytes | bool | list[str | bytes]]
+
+
+# Which Step variant Kong answers a PDK method with (``get_step_method``).
+STEP_METHOD: dict[str, str] = {
+    "kong.client.get_credential": "plugin.StepCredential",
+    "kong.client.load_consumer": "plugin.StepConsumer",
+    "kong.client.get_consumer": "plugin.StepConsumer",
+    "kong.client.authenticate": "plugin.StepCredential",
+    "kong.node.get_memory_stats": "plugin.StepMemoryStats",
+    "kong.router.get_route": "plugin.StepRoute",
+    "kong.router.get_service": "plugin.StepService",
+    "kong.request.get_query": "plugin.StepMultiMap",
+    "kong.request.get_headers": "plugin.StepMultiMap",
+    "kong.response.get_headers": "plugin.StepMultiMap",
+    "kong.service.response.get_headers": "plugin.StepMultiMap",
+}
+
+_MMAP_METHODS = frozenset(
+    {
+        "kong.request.get_query",
+        "kong.request.get_headers",
+        "kong.response.get_headers",
+        "kong.service.response.get_headers",
+    }
+)
+_RAW_METHODS = frozenset(
+    {
+        "kong.request.get_raw_body",
+        "kong.response.get_raw_body",
+        "kong.service.response.get_raw_body",
+    }
+)
+
+
+def step_method(pdk_method: str, result: Any) -> str:
+    """The Step RPC Kong uses to return ``result`` of ``pdk_method``.
+
+    Kong's ``StepError`` branch needs a second Lua return value, which ``call_pdk_method``
+    drops, so it is never taken.
+    """
+    if isinstance(result, dict) and isinstance(result.get("_method"), str):
+        return str(result["_method"])
+    return STEP_METHOD.get(pdk_method, "plugin.Step")
+
+
+def fix_result(pdk_method: str, result: Any) -> Any:
+    """Apply Kong's ``must_fix`` table (``fix_mmap`` / ``fix_raw``) to a PDK result."""
+    if pdk_method in _MMAP_METHODS:
+        if not isinstance(result, dict):  # pairs(nil) in Lua
+            raise LuaError(f"bad argument #1 to 'pairs' (table expected, got {_lua_type(result)})")
+        return MultiMap(result)
+    if pdk_method in _RAW_METHODS:
+        if not isinstance(result, bytes | str):
+            raise LuaError("attempt to get length of a nil value")
+        return Binary(result.encode() if isinstance(result, str) else result)
+    return result
+
+
+def _lua_type(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str | bytes):
+        return "string"
+    return "table"
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode(value: Any) -> bytes:
+    """Pack ``value`` as lua-MessagePack does for the equivalent Lua value in Kong.
+
+    * ``str`` and ``bytes`` are Lua strings: msgpack **str** (``string_compat``: fixstr,
+      str16, str32; never str8, never bin), so ``bytes`` may carry invalid UTF-8;
+    * :class:`Binary` is msgpack bin, :class:`MultiMap` follows ``fix_mmap``;
+    * ``None`` is nil; a float with an integral value is packed as an integer (Lua has one
+      number type and the packer picks the integer form);
+    * an empty ``dict`` or ``list`` is an empty Lua table: an empty **array**.
+    """
+    out = bytearray()
+    _pack(value, out)
+    return bytes(out)
+
+
+def _pack(value: Any, out: bytearray) -> None:
+    if value is None or isinstance(value, bool | int):
+        out += msgpack.packb(value)
+    elif isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 2**63:
+            out += msgpack.packb(int(value))
+        else:
+            out += msgpack.packb(value, use_single_float=False)
+    elif isinstance(value, str | bytes):
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        _pack_str(raw, out)
+    elif isinstance(value, Binary):
+        out += msgpack.packb(value.data, use_bin_type=True)
+    elif isinstance(value, MultiMap):
+        _pack_mmap(value, out)
+    elif isinstance(value, list | tuple):
+        _pack_array_header(len(value), out)
+        for item in value:
+            _pack(item, out)
+    elif isinstance(value, Mapping):
+        if not value:
+            _pack_array_header(0, out)
+            return
+        _pack_map_header(len(value), out)
+        for key, item in value.items():
+            _pack(key, out)
+            _pack(item, out)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as a Lua value")
+
+
+def _pack_str(raw: bytes, out: bytearray) -> None:
+    n = len(raw)
+    if n < 32:
+        out.append(0xA0 | n)
+    elif n < 0x10000:
+        out += b"\xda" + struct.pack(">H", n)
+    else:
+        out += b"\xdb" + struct.pack(">I", n)
+    out += raw
+
+
+def _pack_array_header(n: int, out: bytearray) -> None:
+    if n < 16:
+        out.append(0x90 | n)
+    elif n < 0x10000:
+        out += b"\xdc" + struct.pack(">H", n)
+    else:
+        out += b"\xdd" + struct.pack(">I", n)
+
+
+def _pack_map_header(n: int, out: bytearray) -> None:
+    if n < 16:
+        out.append(0x80 | n)
+    elif n < 0x10000:
+        out += b"\xde" + struct.pack(">H", n)
+    else:
+        out += b"\xdf" + struct.pack(">I", n)
+
+
+def _pack_mmap(mmap: MultiMap, out: bytearray) -> None:
+    if not mmap.items:
+        _pack_map_header(0, out)
+        return
+    _pack_map_header(len(mmap.items), out)
+    for key, item in mmap.items.items():
+        _pack(key, out)
+        if item is True:
+            _pack_array_header(0, out)
+        elif isinstance(item, str | bytes):
+            _pack([item], out)
+        else:
+            _pack(item, out)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+LogFn = Callable[[str, str], None]
+NotifyFn = Callable[[Any, Any], None]
+
+
+class RpcClient:
+    """One plugin's RPC object in one nginx worker (``Rpc`` in ``mp_rpc.lua``).
+
+    Connections come from a keep-alive pool like ``ngx.socket.connect`` +
+    ``setkeepalive``; a connection goes back to the pool only after a complete reply.
+    """
+
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        read_timeout: float,
+        log: LogFn,
+        on_notification: NotifyFn | None = None,
+    ) -> None:
+        self.socket_path = socket_path
+        self.read_timeout = read_timeout
+        self._log = log
+        self.on_notification = on_notification
+        self._pool: list[socket.socket] = []
+        self.msg_id = 0
+
+    def call(self, method: str, *params: Any) -> Any:
+        """Send ``[0, id, method, params]``; return the result or raise :class:`RpcError`."""
+        self.msg_id += 1
+        msg_id = self.msg_id
+        conn = self._connect()
+        try:
+            conn.sendall(encode([0, msg_id, method, list(params)]))
+        except OSError as exc:
+            conn.close()
+            raise RpcError(_os_error_text(exc)) from exc
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        while True:
+            message = self._read_message(conn, unpacker)
+            if isinstance(message, list | tuple) and message and message[0] == 2:
+                if self.on_notification is not None and len(message) >= 3:
+                    self.on_notification(message[1], message[2])
+                continue
+            if not isinstance(message, list | tuple) or len(message) < 4 or message[0] != 1:
+                conn.close()
+                raise LuaError("RPC response expected from Go plugin server")
+            if message[1] != msg_id:
+                conn.close()
+                raise LuaError("unexpected RPC response ID from Go plugin server")
+            self._pool.append(conn)
+            if message[2] is not None:
+                raise RpcError(str(message[2]))
+            return message[3]
+
+    def close(self) -> None:
+        """Close every pooled connection (a worker exiting)."""
+        for conn in self._pool:
+            conn.close()
+        self._pool.clear()
+
+    def _connect(self) -> socket.socket:
+        while self._pool:
+            conn = self._pool.pop()
+            if _is_idle(conn):
+                return conn
+            conn.close()  # OpenResty drops pooled connections the peer closed
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.socket_path)
+        except OSError as exc:
+            conn.close()
+            err = _os_error_text(exc)
+            self._log("err", f"trying to connect: {err}")
+            raise RpcError(err) from exc
+        return conn
+
+    def _read_message(self, conn: socket.socket, unpacker: msgpack.Unpacker) -> Any:
+        conn.settimeout(self.read_timeout)
+        while True:
+            try:
+                return next(unpacker)
+            except StopIteration:
+                pass
+            try:
+                chunk = conn.recv(4096)
+            except TimeoutError:
+                self._log("err", "lua tcp socket read timed out")
+                chunk = b""
+            except OSError:
+                chunk = b""
+            if not chunk:
+                conn.close()
+                raise RpcError("no data")
+            unpacker.feed(chunk)
+
+
+def _is_idle(conn: socket.socket) -> bool:
+    """True when a pooled connection has nothing to read (peer still there, no junk)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,72 @@
+"""A scripted stand-in for a plugin server, to look at exactly what the harness puts on the wire."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+
+class FakePluginServer:
+    """Answers StartInstance/CloseInstance, then replays ``plan`` as the plugin's PDK calls.
+
+    ``plan`` items are the ``Data`` of the HandleEvent reply and of each Step reply
+    (``{"Method": ..., "Args": [...]}``); ``"ret"`` follows the last one.
+    """
+
+    def __init__(
+        self, path: Path, plan: list[Any], *, notify: bool = False, wrong_msgid: bool = False
+    ) -> None:
+        self.plan = list(plan)
+        self.notify = notify
+        self.wrong_msgid = wrong_msgid
+        self.pid = 4242
+        self.requests: list[list[Any]] = []
+        self.raw = bytearray()
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(path))
+        self._sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def methods(self) -> list[str]:
+        return [str(r[2]) for r in self.requests]
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, unicode_errors="surrogateescape"
+        )
+        with conn:
+            while chunk := conn.recv(4096):
+                self.raw += chunk
+                unpacker.feed(chunk)
+                for request in unpacker:
+                    self.requests.append(request)
+                    _, msgid, method, params = request
+                    if self.notify:
+                        conn.sendall(msgpack.packb([2, "serverPid", self.pid]))
+                    reply_id = msgid + 1 if self.wrong_msgid else msgid
+                    conn.sendall(msgpack.packb([1, reply_id, None, self._answer(method, params)]))
+
+    def _answer(self, method: str, params: list[Any]) -> Any:
+        if method == "plugin.StartInstance":
+            return {"Name": params[0]["Name"], "Id": 0, "Config": {}, "StartTime": 0}
+        if method == "plugin.CloseInstance":
+            return {"Id": params[0]}
+        data = self.plan.pop(0) if self.plan else "ret"
+        return {"EventId": 7, "Data": data}

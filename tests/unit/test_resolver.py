@@ -1,0 +1,168 @@
+"""The resolver: chain order, agreement, cache, singleflight, timeouts, sharing."""
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus, Peer
+from kong_cilium_identity.identity.resolver import (
+    CachedSource,
+    CacheSettings,
+    Resolver,
+    ResolverSettings,
+)
+from kong_cilium_identity.identity.shared import SharedPool
+
+A = Identity.build(50000, ["k8s:app=a"])
+B = Identity.build(50001, ["k8s:app=b"])
+
+
+class ScriptedSource:
+    """A source whose answer is a function of the call count."""
+
+    def __init__(self, name: str, answer: Callable[[int], Lookup], delay: float = 0.0) -> None:
+        self.name = name
+        self.cacheable = True
+        self.calls = 0
+        self._answer = answer
+        self._delay = delay
+        self._lock = threading.Lock()
+
+    def lookup(self, peer: Peer, timeout: float) -> Lookup:
+        with self._lock:
+            self.calls += 1
+            count = self.calls
+        time.sleep(self._delay)
+        return self._answer(count)
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def found(identity: Identity) -> Callable[[int], Lookup]:
+    return lambda _: Lookup.found(identity, "s")
+
+
+def unknown(_: int) -> Lookup:
+    return Lookup.unknown("s", "none")
+
+
+def down(_: int) -> Lookup:
+    return Lookup.unavailable("s", "down")
+
+
+def resolver(*sources: ScriptedSource, agreement: bool = False) -> Resolver:
+    return Resolver(list(sources), ResolverSettings((), timeout=0.5, require_agreement=agreement))
+
+
+PEER = Peer("10.0.0.5")
+
+
+@pytest.mark.parametrize(
+    ("answers", "status", "identity"),
+    [
+        ([found(A)], LookupStatus.FOUND, A),
+        ([unknown, found(A)], LookupStatus.FOUND, A),
+        ([down, found(A)], LookupStatus.FOUND, A),
+        ([found(A), found(B)], LookupStatus.FOUND, A),  # first answer wins
+        ([unknown, down], LookupStatus.UNKNOWN, None),
+        ([down, down], LookupStatus.UNAVAILABLE, None),
+        ([lambda _: Lookup.ambiguous("s", "two"), found(A)], LookupStatus.AMBIGUOUS, None),
+    ],
+)
+def test_chain(
+    answers: list[Callable[[int], Lookup]], status: LookupStatus, identity: Identity | None
+) -> None:
+    sources = [ScriptedSource(f"s{i}", answer) for i, answer in enumerate(answers)]
+    result = resolver(*sources).lookup(PEER)
+    assert result.status is status
+    assert result.identity == identity
+
+
+@pytest.mark.parametrize(
+    ("answers", "status"),
+    [
+        ([found(A), found(A)], LookupStatus.FOUND),
+        ([found(A), found(B)], LookupStatus.AMBIGUOUS),
+        ([found(A), unknown], LookupStatus.AMBIGUOUS),
+        ([unknown, unknown], LookupStatus.UNKNOWN),
+        ([found(A), down], LookupStatus.UNAVAILABLE),
+    ],
+)
+def test_require_agreement(answers: list[Callable[[int], Lookup]], status: LookupStatus) -> None:
+    sources = [ScriptedSource(f"s{i}", answer) for i, answer in enumerate(answers)]
+    assert resolver(*sources, agreement=True).lookup(PEER).status is status
+
+
+def test_raising_source_fails_closed() -> None:
+    def explode(_: int) -> Lookup:
+        raise RuntimeError("boom")
+
+    result = resolver(ScriptedSource("s", explode)).lookup(PEER)
+    assert result.status is LookupStatus.UNAVAILABLE and "boom" in result.detail
+
+
+def cached(source: ScriptedSource, ttl: float = 5, negative_ttl: float = 1) -> CachedSource:
+    return CachedSource(source, CacheSettings(ttl=ttl, negative_ttl=negative_ttl, size=100))
+
+
+def test_hits_are_cached_errors_are_not() -> None:
+    flaky = ScriptedSource("s", lambda n: down(n) if n == 1 else Lookup.found(A, "s"))
+    source = cached(flaky)
+    assert source.lookup(PEER, 0.5).status is LookupStatus.UNAVAILABLE
+    assert source.lookup(PEER, 0.5).status is LookupStatus.FOUND
+    assert source.lookup(PEER, 0.5).status is LookupStatus.FOUND
+    assert flaky.calls == 2
+
+
+def test_negative_answers_expire_sooner() -> None:
+    inner = ScriptedSource("s", unknown)
+    source = cached(inner, ttl=60, negative_ttl=0.05)
+    source.lookup(PEER, 0.5)
+    source.lookup(PEER, 0.5)
+    assert inner.calls == 1
+    time.sleep(0.1)
+    source.lookup(PEER, 0.5)
+    assert inner.calls == 2
+
+
+def test_singleflight() -> None:
+    inner = ScriptedSource("s", found(A), delay=0.2)
+    source = cached(inner)
+    results: list[Lookup] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(source.lookup(PEER, 2.0)))
+        for _ in range(200)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert inner.calls == 1
+    assert len(results) == 200 and all(r.identity == A for r in results)
+
+
+def test_slow_source_times_out_and_a_later_call_retries() -> None:
+    inner = ScriptedSource("s", found(A), delay=0.3)
+    source = cached(inner)
+    started = time.monotonic()
+    result = source.lookup(PEER, 0.05)
+    assert result.status is LookupStatus.UNAVAILABLE
+    assert time.monotonic() - started < 0.25
+    time.sleep(0.35)  # the slow call finished and filled the cache
+    assert source.lookup(PEER, 0.05).status is LookupStatus.FOUND
+
+
+def test_shared_pool_counts_references() -> None:
+    closed: list[str] = []
+    pool: SharedPool[str, str] = SharedPool(lambda key: key.upper(), closed.append)
+    assert pool.acquire("a") == "A" and pool.acquire("a") == "A"
+    pool.release("a")
+    assert closed == [] and len(pool) == 1
+    pool.release("a")
+    assert closed == ["A"] and len(pool) == 0
