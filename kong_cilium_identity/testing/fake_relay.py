@@ -78,7 +78,10 @@ def _pod_in(endpoint: flow_pb2.Endpoint, patterns: Sequence[str]) -> bool:
 
 def matches(flow: flow_pb2.Flow, selected: flow_pb2.FlowFilter) -> bool:
     """One FlowFilter: every field that is set must match (values of a field are ORed)."""
-    source_port, destination_port = (str(p) for p in ports(flow) or (None, None))
+    flow_ports = ports(flow)
+    source_port, destination_port = (
+        (str(flow_ports[0]), str(flow_ports[1])) if flow_ports else ("", "")
+    )
     failed = (
         (selected.source_ip and not _address_in(flow.IP.source, selected.source_ip))
         or (
