@@ -8,6 +8,12 @@ PDK calls, in order (each is one round trip to Kong):
 then either
 4. ``kong.request.get_headers`` + 5. ``kong.service.request.set_headers`` (allow), or
 4. ``kong.response.error`` (deny).
+
+With the plugin's own token check (``config.token``) the headers are read first (the
+token is in them), the token is verified after that first call, and the consumer comes
+from the token (``load_consumer`` + ``authenticate``) or, without ``consumer_claim``,
+from Kong (``get_consumer`` + ``get_credential``); the headers are not read twice.
+
 Decision logs go to the plugin server's stdout/stderr (Kong copies them into its error
 log), so logging costs no PDK call.
 """
@@ -27,28 +33,52 @@ from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver
 from kong_cilium_identity.schema import Config, IpSource, Mode
+from kong_cilium_identity.token import TokenFailure, TokenReason, TokenVerifier, consumer_claim
 
 log = logging.getLogger("kong_cilium_identity.decision")
 
 KONG_JWT_CTX_KEY = "authenticated_jwt_token"
 
 _MESSAGES = {
+    400: "Bad request",
     401: "Unauthorized",
     403: "Forbidden",
     500: "An unexpected error occurred",
     503: "Service unavailable",
 }
 
+# Kong's auth plugins set these for the upstream; so does the token check when it
+# authenticates the consumer (and clears client-sent copies).
+_CONSUMER_HEADERS = ("X-Consumer-ID", "X-Consumer-Username", "X-Consumer-Custom-ID")
 
-def handle_access(kong: Any, config: Config, resolver: Resolver) -> Decision:
+
+class Exchange:
+    """One request's PDK conversation; remembers what it already asked Kong."""
+
+    def __init__(self, kong: Any) -> None:
+        self.kong = kong
+        self._headers: Mapping[str, Any] | None = None
+        self.authenticated: tuple[Consumer, str] | None = None
+
+    def headers(self) -> Mapping[str, Any]:
+        if self._headers is None:
+            headers = pdk.call(self.kong.request.get_headers)
+            self._headers = headers if isinstance(headers, Mapping) else {}
+        return self._headers
+
+
+def handle_access(
+    kong: Any, config: Config, resolver: Resolver, verifier: TokenVerifier | None = None
+) -> Decision:
     """Run the access phase for one request; never raises, never lets an error pass."""
+    exchange = Exchange(kong)
     try:
-        decision = _decide(kong, config, resolver)
+        decision = _decide(exchange, config, resolver, verifier)
     except Exception as error:
         log.exception("cilium-identity: internal error")
         decision = deny(Reason.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
     try:
-        _apply(kong, config, decision)
+        _apply(exchange, config, decision)
     except Exception:
         log.exception("cilium-identity: could not apply decision %s", decision.reason)
         if config.mode is Mode.ENFORCE:
@@ -56,13 +86,40 @@ def handle_access(kong: Any, config: Config, resolver: Resolver) -> Decision:
     return decision
 
 
-def _decide(kong: Any, config: Config, resolver: Resolver) -> Decision:
+def _decide(
+    exchange: Exchange, config: Config, resolver: Resolver, verifier: TokenVerifier | None
+) -> Decision:
+    kong = exchange.kong
+    claims: Mapping[str, Any] | None = None
+    if verifier is not None:
+        verified = verifier.check(exchange.headers().get(verifier.settings.header))
+        if isinstance(verified, TokenFailure):
+            return _token_denial(verified)
+        claims = verified.claims
+        named = consumer_claim(claims, verifier.settings)
+        if isinstance(named, TokenFailure):
+            return _token_denial(named)
+        if named is not None:
+            return _decide_for(exchange, config, resolver, _token_consumer(exchange, named), claims)
     consumer = Consumer.from_kong(pdk.call(kong.client.get_consumer))
     if consumer is None and config.mode is Mode.ENFORCE:
         return decide(Facts(None, False), None, config.policy)
     has_credential = pdk.call(kong.client.get_credential) is not None
     if not has_credential and config.mode is Mode.ENFORCE:
         return decide(Facts(consumer, False), None, config.policy)
+    if claims is None and config.policy.claim_rules:
+        claims = _kong_jwt_claims(kong)
+    return _decide_for(exchange, config, resolver, (consumer, has_credential), claims)
+
+
+def _decide_for(
+    exchange: Exchange,
+    config: Config,
+    resolver: Resolver,
+    consumer: tuple[Consumer | None, bool],
+    claims: Mapping[str, Any] | None,
+) -> Decision:
+    kong = exchange.kong
     get_ip = (
         kong.client.get_forwarded_ip
         if config.ip_source is IpSource.FORWARDED
@@ -70,8 +127,37 @@ def _decide(kong: Any, config: Config, resolver: Resolver) -> Decision:
     )
     client_ip = pdk.text(pdk.call(get_ip))
     lookup = _lookup(resolver, client_ip)
-    claims = _kong_jwt_claims(kong) if config.policy.claim_rules else None
-    return decide(Facts(consumer, has_credential, client_ip, claims), lookup, config.policy)
+    facts = Facts(consumer[0], consumer[1], client_ip, claims)
+    return decide(facts, lookup, config.policy)
+
+
+def _token_consumer(exchange: Exchange, named: Any) -> tuple[Consumer | None, bool]:
+    """Load and authenticate the consumer a verified token names, as Kong's auth
+    plugins do, so acl, rate-limiting and logs see it. (consumer, has_credential)."""
+    args = named.load_args()
+    if args is None:  # by custom_id: no PDK call loads it; bindings name it custom_id:<v>
+        return Consumer(id=f"custom_id:{named.value}", custom_id=named.value), True
+    kong = exchange.kong
+    row = pdk.call(kong.client.load_consumer, *args)
+    if not named.matches(row):
+        return None, False
+    credential_id = f"cilium-identity-token:{named.value}"
+    pdk.call(kong.client.authenticate, row, {"id": credential_id})
+    consumer = Consumer.from_kong(row)
+    if consumer is not None:
+        exchange.authenticated = (consumer, credential_id)
+    return consumer, consumer is not None
+
+
+def _token_denial(failure: TokenFailure) -> Decision:
+    if failure.reason is TokenReason.KEYS_UNAVAILABLE:
+        return deny(Reason.SOURCE_UNAVAILABLE, f"{failure.reason}: {failure.description}")
+    return deny(
+        Reason.INVALID_TOKEN,
+        f"{failure.reason}: {failure.description}",
+        status_code=failure.status,
+        response_headers=failure.headers(),
+    )
 
 
 def _lookup(resolver: Resolver, client_ip: str | None) -> Lookup:
@@ -85,7 +171,8 @@ def _lookup(resolver: Resolver, client_ip: str | None) -> Lookup:
 
 
 def _kong_jwt_claims(kong: Any) -> Mapping[str, Any] | None:
-    """Claims of the token Kong's jwt plugin already verified, or None."""
+    """Claims of the token Kong's jwt plugin already verified (its signature is not
+    checked again here), or None."""
     token = pdk.text(pdk.call(kong.ctx.shared.get, KONG_JWT_CTX_KEY))
     if token is None:
         return None
@@ -96,36 +183,51 @@ def _kong_jwt_claims(kong: Any) -> Mapping[str, Any] | None:
     return claims if isinstance(claims, dict) else None
 
 
-def _apply(kong: Any, config: Config, decision: Decision) -> None:
+def _apply(exchange: Exchange, config: Config, decision: Decision) -> None:
     _log_decision(config, decision)
+    kong = exchange.kong
     if decision.allowed or config.mode is Mode.MONITOR:
-        headers = pdk.call(kong.request.get_headers)
         identity = decision.identity if decision.allowed else None
-        pdk.call(kong.service.request.set_headers, upstream_headers(config, headers, identity))
+        table = upstream_headers(config, exchange.headers(), identity)
+        if exchange.authenticated is not None:
+            table.update(_consumer_headers(*exchange.authenticated))
+        pdk.call(kong.service.request.set_headers, table)
         return
     message = _MESSAGES.get(decision.status, "Forbidden")
     if config.client_reason:
         message = f"{message} ({decision.reason})"
-    kong.response.error(decision.status, message)
+    if decision.response_headers:
+        kong.response.error(decision.status, message, dict(decision.response_headers))
+    else:
+        kong.response.error(decision.status, message)
 
 
 def upstream_headers(
-    config: Config, client_headers: Any, identity: Identity | None
+    config: Config, client_headers: Mapping[str, Any], identity: Identity | None
 ) -> dict[str, str | list[str]]:
     """The ``set_headers`` table: our headers set, every client-sent header with our
     prefix cleared (an empty list clears a header in ``set_headers``)."""
     prefix = config.header_prefix.lower()
-    table: dict[str, str | list[str]] = {}
-    if isinstance(client_headers, Mapping):
-        for name in client_headers:
-            if isinstance(name, str) and name.lower().startswith(prefix):
-                table[name.lower()] = []
+    table: dict[str, str | list[str]] = {
+        name.lower(): []
+        for name in client_headers
+        if isinstance(name, str) and name.lower().startswith(prefix)
+    }
     values = _identity_header_values(identity) if config.upstream_headers else {}
     for suffix in ("Identity", "Namespace", "Service-Account", "Pod"):
         name = config.header_prefix + suffix
-        value = values.get(suffix)
         table.pop(name.lower(), None)
-        table[name] = value if value else []
+        table[name] = values.get(suffix) or []
+    return table
+
+
+def _consumer_headers(consumer: Consumer, credential_id: str) -> dict[str, str | list[str]]:
+    values = (consumer.id, consumer.username, consumer.custom_id)
+    table: dict[str, str | list[str]] = {
+        name: value or [] for name, value in zip(_CONSUMER_HEADERS, values, strict=True)
+    }
+    table["X-Credential-Identifier"] = credential_id
+    table["X-Anonymous-Consumer"] = []
     return table
 
 

@@ -22,6 +22,7 @@ from kong_cilium_identity.selectors import Selector, any_matches, parse_selector
 class Reason(enum.StrEnum):
     ALLOWED = "allowed"
     NO_CONSUMER = "no_consumer"
+    INVALID_TOKEN = "invalid_token"
     ANONYMOUS = "anonymous"
     IDENTITY_UNKNOWN = "identity_unknown"
     IDENTITY_RESERVED = "identity_reserved"
@@ -40,6 +41,7 @@ class Reason(enum.StrEnum):
 _STATUS = {
     Reason.ALLOWED: 200,
     Reason.NO_CONSUMER: 401,
+    Reason.INVALID_TOKEN: 401,
     Reason.ANONYMOUS: 401,
     Reason.IDENTITY_UNKNOWN: 403,
     Reason.IDENTITY_RESERVED: 403,
@@ -195,10 +197,12 @@ class Decision:
     identity: Identity | None = None
     consumer: Consumer | None = None
     selector: str | None = None
+    status_code: int | None = None  # when a reason has more than one status (token: 400/401)
+    response_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> int:
-        return self.reason.status
+        return self.status_code or self.reason.status
 
     def log_fields(self) -> dict[str, Any]:
         """Structured fields for logs and serialize values."""

@@ -15,6 +15,7 @@ from kong_cilium_identity import PLUGIN_NAME, __version__
 from kong_cilium_identity.access import handle_access
 from kong_cilium_identity.identity.resolver import RESOLVERS
 from kong_cilium_identity.schema import config_fields, parse_config
+from kong_cilium_identity.token import TokenVerifier
 
 name = PLUGIN_NAME
 version = __version__
@@ -29,14 +30,27 @@ class Plugin:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = parse_config(config)
-        self.resolver = RESOLVERS.acquire(self.config.resolver)
-        self._release = weakref.finalize(self, RESOLVERS.release, self.config.resolver)
+        self.verifier = TokenVerifier(self.config.token) if self.config.token.enabled else None
+        try:
+            self.resolver = RESOLVERS.acquire(self.config.resolver)
+        except BaseException:
+            if self.verifier is not None:
+                self.verifier.close()
+            raise
+        self._release = weakref.finalize(self, _release, self.config.resolver, self.verifier)
 
     def access(self, kong: Any) -> None:
-        handle_access(kong, self.config, self.resolver)
+        handle_access(kong, self.config, self.resolver, self.verifier)
 
     def close(self) -> None:
         self._release()
+
+
+def _release(resolver_settings: Any, verifier: TokenVerifier | None) -> None:
+    """Let go of the shared resolver and key store (runs once: on close or collection)."""
+    RESOLVERS.release(resolver_settings)
+    if verifier is not None:
+        verifier.close()
 
 
 def plugin_info() -> dict[str, Any]:

@@ -19,6 +19,9 @@ from kong_cilium_identity.decision import Policy
 from kong_cilium_identity.identity.resolver import CacheSettings, ResolverSettings
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, ConfigError
 from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.token import SCHEMA as TOKEN_SCHEMA
+from kong_cilium_identity.token import TokenSettings, claim_rules_for
+from kong_cilium_identity.token import parse_settings as parse_token_settings
 
 
 class Mode(enum.StrEnum):
@@ -152,6 +155,7 @@ def _common_fields() -> list[dict[str, Any]]:
 def config_fields() -> list[dict[str, Any]]:
     """The ``config`` record's fields: common settings plus one record per source kind."""
     fields = _common_fields()
+    fields.append({"token": {**TOKEN_SCHEMA, "required": True}})
     for name in sorted(SOURCE_KINDS):
         fields.append({name: {**SOURCE_KINDS[name].schema, "required": True}})
     return fields
@@ -166,6 +170,7 @@ class Config:
     header_prefix: str
     upstream_headers: bool
     client_reason: bool
+    token: TokenSettings
 
 
 _HEADER_TOKEN = re.compile(r"^[A-Za-z0-9-]+$")
@@ -178,14 +183,16 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         ip_source = IpSource(raw.get("ip_source") or IpSource.CONNECTION)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    token = parse_token_settings(raw.get("token"))
     return Config(
         mode=mode,
         ip_source=ip_source,
         resolver=_resolver_settings(raw),
-        policy=_policy(raw),
+        policy=_policy(raw, claim_rules_for(token)),
         header_prefix=_header_prefix(raw.get("header_prefix")),
         upstream_headers=bool(_default(raw.get("upstream_headers"), True)),
         client_reason=bool(_default(raw.get("client_reason"), True)),
+        token=token,
     )
 
 
@@ -218,7 +225,7 @@ def _resolver_settings(raw: Mapping[str, Any]) -> ResolverSettings:
     )
 
 
-def _policy(raw: Mapping[str, Any]) -> Policy:
+def _policy(raw: Mapping[str, Any], template_rules: list[tuple[str, str]]) -> Policy:
     bindings = []
     for index, binding in enumerate(raw.get("bindings") or []):
         if not isinstance(binding, Mapping):
@@ -233,6 +240,7 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
         if not isinstance(rule, Mapping):
             raise ConfigError(f"claim_rules[{index}]: expected a record")
         rules.append((str(rule.get("claim") or ""), str(rule.get("equals") or "")))
+    rules.extend(template_rules)
     allowed = [int(value) for value in raw.get("allow_reserved_identities") or []]
     tag_prefix = raw.get("tag_prefix") if _default(raw.get("consumer_tags"), True) else None
     try:

@@ -1,0 +1,273 @@
+"""The ``kubernetes`` source: a live, cluster-wide index of CiliumEndpoint objects.
+
+The source lists and watches ``ciliumendpoints.cilium.io/v2`` in all namespaces (and,
+optionally, ``ciliumidentities`` to fill labels of endpoints that carry only the numeric
+id) and answers lookups from memory. It fails closed: until the first list is applied it
+answers UNAVAILABLE ("not synced"), and so it does when the watch has been down longer
+than ``max_stale`` seconds. The index applies deletions at once, so ``cacheable`` is
+False: the resolver must not keep its answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+
+from kong_cilium_identity.identity.cep_index import EndpointIndex, canonical_address
+from kong_cilium_identity.identity.cep_watch import ListWatch, WatchSettings
+from kong_cilium_identity.identity.model import Lookup, Peer
+from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
+
+NAME = "kubernetes"
+ENDPOINTS = "ciliumendpoints"
+IDENTITIES = "ciliumidentities"
+WAIT_LOG_INTERVAL = 10.0
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+
+log = logging.getLogger(__name__)
+
+SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "fields": [
+        {
+            "api_url": {
+                "type": "string",
+                "description": "API server URL; unset: kubeconfig if given, else in-cluster",
+            }
+        },
+        {"token_file": {"type": "string", "description": "bearer token file (with api_url)"}},
+        {"ca_file": {"type": "string", "description": "CA bundle for an https api_url"}},
+        {"kubeconfig": {"type": "string", "description": "kubeconfig path (not with api_url)"}},
+        {"context": {"type": "string", "description": "kubeconfig context"}},
+        {"watch_identities": {"type": "boolean", "default": False}},
+        {"max_stale": {"type": "number", "default": 15, "between": [1, 3600]}},
+        {"page_size": {"type": "integer", "default": 500, "between": [1, 10000]}},
+        {"watch_timeout": {"type": "integer", "default": 300, "between": [1, 3600]}},
+        {"request_timeout": {"type": "number", "default": 10, "between": [0.1, 300]}},
+        {"backoff_initial": {"type": "number", "default": 0.5, "between": [0.01, 60]}},
+        {"backoff_max": {"type": "number", "default": 30, "between": [0.01, 600]}},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    api_url: str | None = None
+    token_file: str | None = None
+    ca_file: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    watch_identities: bool = False
+    max_stale: float = 15.0
+    watch: WatchSettings = field(default_factory=WatchSettings)
+
+
+def _optional(record: Mapping[str, Any], name: str) -> str | None:
+    value = record.get(name)
+    return str(value) if value else None
+
+
+def parse_settings(record: Mapping[str, Any]) -> KubernetesSettings:
+    defaults = KubernetesSettings()
+    try:
+        settings = KubernetesSettings(
+            api_url=_optional(record, "api_url"),
+            token_file=_optional(record, "token_file"),
+            ca_file=_optional(record, "ca_file"),
+            kubeconfig=_optional(record, "kubeconfig"),
+            context=_optional(record, "context"),
+            watch_identities=bool(record.get("watch_identities") or False),
+            max_stale=float(record.get("max_stale") or defaults.max_stale),
+            watch=WatchSettings(
+                page_size=int(record.get("page_size") or defaults.watch.page_size),
+                watch_timeout=int(record.get("watch_timeout") or defaults.watch.watch_timeout),
+                request_timeout=float(
+                    record.get("request_timeout") or defaults.watch.request_timeout
+                ),
+                backoff_initial=float(
+                    record.get("backoff_initial") or defaults.watch.backoff_initial
+                ),
+                backoff_max=float(record.get("backoff_max") or defaults.watch.backoff_max),
+            ),
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"kubernetes: {error}") from None
+    if settings.api_url and not settings.api_url.startswith(("http://", "https://")):
+        raise ConfigError("kubernetes.api_url must start with http:// or https://")
+    if settings.api_url and (settings.kubeconfig or settings.context):
+        raise ConfigError("kubernetes: set api_url or kubeconfig, not both")
+    if (settings.token_file or settings.ca_file) and not settings.api_url:
+        raise ConfigError("kubernetes.token_file and ca_file go with api_url")
+    if settings.context and not settings.kubeconfig:
+        raise ConfigError("kubernetes.context needs kubeconfig")
+    if settings.watch.backoff_initial > settings.watch.backoff_max:
+        raise ConfigError("kubernetes.backoff_initial must not exceed backoff_max")
+    return settings
+
+
+def _read_token(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
+def _token_refresher(path: str) -> Callable[[Any], None]:
+    """Re-read a projected service-account token (it rotates) before each request."""
+
+    def refresh(configuration: Any) -> None:
+        try:
+            configuration.api_key["authorization"] = _read_token(path)
+        except OSError as error:
+            log.warning("cannot re-read token file %s (%s); keeping the last token", path, error)
+
+    return refresh
+
+
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    """urllib3's defaults plus TCP keepalive, so that a watch whose peer vanished without
+    a FIN (node gone, NAT entry dropped) breaks after about ``KEEPALIVE_IDLE +
+    KEEPALIVE_INTERVAL * KEEPALIVE_COUNT`` seconds instead of hanging until its read
+    timeout; the source then counts as stale and the loop reconnects."""
+    options = list(urllib3.connection.HTTPConnection.default_socket_options)
+    options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, name):  # Linux names; other platforms keep their defaults
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
+def _configuration(settings: KubernetesSettings) -> Any:
+    configuration: Any = client.Configuration()
+    if settings.api_url:
+        configuration.host = settings.api_url.rstrip("/")
+        if settings.ca_file:
+            configuration.ssl_ca_cert = settings.ca_file
+        if settings.token_file:
+            configuration.api_key["authorization"] = _read_token(settings.token_file)
+            configuration.api_key_prefix["authorization"] = "Bearer"
+            configuration.refresh_api_key_hook = _token_refresher(settings.token_file)
+    elif settings.kubeconfig:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=settings.kubeconfig,
+            context=settings.context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return configuration
+
+
+def api_client(settings: KubernetesSettings) -> Any:
+    """A kubernetes ``ApiClient`` for the configured API server (api_url, else kubeconfig,
+    else the pod's service account)."""
+    try:
+        configuration = _configuration(settings)
+    except (OSError, config.ConfigException) as error:
+        raise ConfigError(f"kubernetes: cannot configure the API client: {error}") from None
+    configuration.socket_options = keepalive_socket_options()
+    return client.ApiClient(configuration)
+
+
+class KubernetesSource:
+    """Answers from the CiliumEndpoint index kept current by background watches."""
+
+    name = NAME
+    cacheable = False
+
+    def __init__(self, http_client: Any, settings: KubernetesSettings) -> None:
+        """``http_client`` is a kubernetes ``ApiClient``; the source closes it."""
+        self.index = EndpointIndex(NAME)
+        self._client = http_client
+        self._max_stale = settings.max_stale
+        self._last_wait_log = 0.0
+        api = client.CustomObjectsApi(http_client)
+        self.endpoints = ListWatch(
+            api, ENDPOINTS, self.index.begin_relist, self.index.apply, settings.watch
+        )
+        self.watches = [self.endpoints]
+        if settings.watch_identities:
+            self.watches.append(
+                ListWatch(
+                    api,
+                    IDENTITIES,
+                    self.index.begin_identity_relist,
+                    self.index.apply_identity,
+                    settings.watch,
+                )
+            )
+        for watch in self.watches:
+            watch.start()
+
+    def lookup(self, peer: Peer, timeout: float) -> Lookup:
+        try:
+            problem = self._problem()
+            if problem is not None:
+                return Lookup.unavailable(NAME, problem)
+            answer = self.index.lookup(peer.address)
+            if answer is None and ":" in peer.address:  # IPv4 text from Peer is canonical
+                canonical = canonical_address(peer.address)
+                if canonical != peer.address:
+                    answer = self.index.lookup(canonical)
+            return answer or Lookup.unknown(NAME, f"no CiliumEndpoint has address {peer.address}")
+        except ValueError as error:
+            return Lookup.unknown(NAME, f"not an address: {error}")
+        except Exception as error:  # the contract: never raise, fail closed
+            return Lookup.unavailable(NAME, f"lookup failed: {error!r}")
+
+    def _problem(self, quiet: bool = False) -> str | None:
+        """Why answers cannot be trusted right now, or None."""
+        for watch in self.watches:
+            if not watch.synced:
+                if not quiet:
+                    self._log_waiting(watch.plural)
+                return f"not synced: waiting for the first list of {watch.plural}"
+            out_of_touch = watch.out_of_touch_for()
+            if out_of_touch > self._max_stale:
+                return (
+                    f"stale: the {watch.plural} watch has been down for {out_of_touch:.1f}s "
+                    f"(max_stale {self._max_stale:g}s)"
+                )
+        return None
+
+    def _log_waiting(self, plural: str) -> None:
+        now = time.monotonic()
+        if now - self._last_wait_log >= WAIT_LOG_INTERVAL:
+            self._last_wait_log = now
+            log.warning("kubernetes source not synced: denying (503) until %s are listed", plural)
+
+    def ready(self) -> bool:
+        return self._problem(quiet=True) is None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until every watch has applied its first list, at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        for watch in self.watches:
+            if not watch.wait_synced(max(0.0, deadline - time.monotonic())):
+                return False
+        return self.ready()
+
+    def close(self) -> None:
+        for watch in self.watches:
+            watch.close()
+        self._client.close()
+        self._client.rest_client.pool_manager.clear()
+
+
+def create(settings: KubernetesSettings) -> KubernetesSource:
+    return KubernetesSource(api_client(settings), settings)
+
+
+KIND = SourceKind(name=NAME, schema=SCHEMA, parse=parse_settings, create=create)
