@@ -181,3 +181,43 @@ def test_hubble_over_mtls_and_a_wrong_ca(kong: KongHarness, tls_material: TLSMat
         assert call(kong, good, "10.0.1.200").proxied
         wrong = kong.add_plugin(_tls_config(relay, tls_material, tls_material.other_ca.cert))
         assert_denied(call(kong, wrong, "10.0.1.200"), 503, "source_unavailable")
+
+
+def test_hubble_match_ports_pins_the_connection(kong: KongHarness) -> None:
+    relay = FakeRelay().start()
+    try:
+        labels = CHECKOUT_LABELS
+        relay.publish(
+            make_flow("10.0.1.200", 48861, labels, source_port=40000, destination_port=8000)
+        )
+        plugin = kong.add_plugin(
+            {
+                "sources": ["hubble"],
+                "hubble": {"address": relay.address, "match_ports": True},
+                "cache": NO_CACHE,
+                "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+            }
+        )
+
+        def request(client_port: int) -> Outcome:
+            return kong.request(
+                plugin,
+                KongRequest(
+                    client_ip="10.0.1.200",
+                    client_port=client_port,
+                    server_port=8000,
+                    consumer=CONSUMER,
+                    credential=CREDENTIAL,
+                ),
+            )
+
+        pinned = request(40000)
+        assert pinned.proxied, pinned.body
+        assert pinned.pdk_calls[2:5] == [
+            "kong.client.get_ip",
+            "kong.client.get_port",
+            "kong.request.get_port",
+        ]
+        assert not request(40001).proxied  # no flow of that connection: nothing proven
+    finally:
+        relay.stop()
