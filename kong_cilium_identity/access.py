@@ -126,7 +126,8 @@ def _decide_for(
         else kong.client.get_ip
     )
     client_ip = pdk.text(pdk.call(get_ip))
-    lookup = _lookup(resolver, client_ip)
+    ports = _ports(exchange, config) if config.resolver.wants_ports else (None, None)
+    lookup = _lookup(resolver, client_ip, *ports)
     facts = Facts(consumer[0], consumer[1], client_ip, claims)
     return decide(facts, lookup, config.policy)
 
@@ -160,14 +161,35 @@ def _token_denial(failure: TokenFailure) -> Decision:
     )
 
 
-def _lookup(resolver: Resolver, client_ip: str | None) -> Lookup:
+def _ports(exchange: Exchange, config: Config) -> tuple[int | None, int | None]:
+    """(client source port, Kong's listening port) for sources that pin the connection."""
+    kong = exchange.kong
+    get_port = (
+        kong.client.get_forwarded_port
+        if config.ip_source is IpSource.FORWARDED
+        else kong.client.get_port
+    )
+    client_port = pdk.call(get_port)
+    local_port = pdk.call(kong.request.get_port)
+    return (
+        client_port if isinstance(client_port, int) else None,
+        local_port if isinstance(local_port, int) else None,
+    )
+
+
+def _lookup(
+    resolver: Resolver,
+    client_ip: str | None,
+    client_port: int | None = None,
+    local_port: int | None = None,
+) -> Lookup:
     if client_ip is None:
         return Lookup.unknown("kong", "Kong reported no client address")
     try:
         address = parse_address(client_ip)
     except ValueError as error:
         return Lookup.unknown("kong", f"client address {client_ip!r}: {error}")
-    return resolver.lookup(Peer(str(address)))
+    return resolver.lookup(Peer(str(address), client_port, local_port))
 
 
 def _kong_jwt_claims(kong: Any) -> Mapping[str, Any] | None:

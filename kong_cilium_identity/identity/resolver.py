@@ -106,6 +106,12 @@ class ResolverSettings:
     require_agreement: bool = False
     cache: CacheSettings = CacheSettings()
 
+    @property
+    def wants_ports(self) -> bool:
+        """True when a source pins the very connection (Hubble's ``match_ports``): the
+        plugin then asks Kong for the client's and its own port (two more PDK calls)."""
+        return any(getattr(settings, "match_ports", False) for _, settings in self.sources)
+
 
 class Resolver:
     def __init__(self, sources: Sequence[Source], settings: ResolverSettings) -> None:

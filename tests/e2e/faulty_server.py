@@ -13,10 +13,10 @@ FAULTY_ADDRESS = "10.66.6.6"
 _real_lookup = access._lookup
 
 
-def _exploding_lookup(resolver: Any, client_ip: str | None) -> Any:
+def _exploding_lookup(resolver: Any, client_ip: str | None, *ports: Any) -> Any:
     if client_ip == FAULTY_ADDRESS:
         raise RuntimeError("injected fault")
-    return _real_lookup(resolver, client_ip)
+    return _real_lookup(resolver, client_ip, *ports)
 
 
 access._lookup = _exploding_lookup

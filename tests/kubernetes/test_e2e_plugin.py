@@ -3,18 +3,15 @@ the fake API server serving the real CiliumEndpoint fixture."""
 
 from __future__ import annotations
 
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
 from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
+from tests.e2e.conftest import running_server
 from tests.kubernetes.helpers import FAST, load_real_cep
 
 SOCKET = "cilium-identity.socket"
@@ -41,19 +38,8 @@ def cluster() -> Iterator[FakeKubeApi]:
 
 @pytest.fixture(scope="module")
 def kong() -> Iterator[KongHarness]:
-    prefix = Path(tempfile.mkdtemp(prefix="kci", dir="/tmp"))
-    cli = [sys.executable, "-m", "kong_cilium_identity.cli"]
-    start = [*cli, "serve", "--kong-prefix", str(prefix), "--socket-name", SOCKET]
-    harness = KongHarness(
-        [*cli, "--dump"], start, prefix=prefix, socket_name=SOCKET, read_timeout=10
-    )
-    try:
-        harness.query()
-        harness.start()
+    with running_server() as harness:
         yield harness
-    finally:
-        harness.close()
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def config(api_url: str) -> dict[str, Any]:

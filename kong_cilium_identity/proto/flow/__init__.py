@@ -1,0 +1,1 @@
+"""Generated from flow/flow.proto; do not edit."""
