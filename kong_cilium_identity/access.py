@@ -33,6 +33,7 @@ from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver
 from kong_cilium_identity.schema import Config, IpSource, Mode
+from kong_cilium_identity.server import GUARD_CTX_KEY
 from kong_cilium_identity.token import TokenFailure, TokenReason, TokenVerifier, consumer_claim
 
 log = logging.getLogger("kong_cilium_identity.decision")
@@ -214,6 +215,8 @@ def _apply(exchange: Exchange, config: Config, decision: Decision) -> None:
         if exchange.authenticated is not None:
             table.update(_consumer_headers(*exchange.authenticated))
         pdk.call(kong.service.request.set_headers, table)
+        if config.guard_marker:  # tells deploy/guard.lua that this request was decided
+            pdk.call(kong.ctx.shared.set, GUARD_CTX_KEY, True)
         return
     message = _MESSAGES.get(decision.status, "Forbidden")
     if config.client_reason:
@@ -268,9 +271,11 @@ def _identity_header_values(identity: Identity | None) -> dict[str, str]:
 def _log_decision(config: Config, decision: Decision) -> None:
     enforced = config.mode is Mode.ENFORCE and not decision.allowed
     metrics.count(decision, str(config.mode), enforced)
+    level = logging.INFO if decision.allowed else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
     fields = decision.log_fields()
     fields["mode"] = str(config.mode)
     if config.mode is Mode.MONITOR and not decision.allowed:
         fields["would_deny"] = True
-    level = logging.INFO if decision.allowed else logging.WARNING
     log.log(level, "cilium-identity decision %s", json.dumps(fields, sort_keys=True))

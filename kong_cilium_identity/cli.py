@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="PDK calls return data or raise instead of (data, err) tuples",
     )
     serve.add_argument(
+        "--event-deadline",
+        type=float,
+        default=10.0,
+        help="seconds an event may take before Kong gets a 500 (default 10, keep < 60)",
+    )
+    serve.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -89,9 +95,20 @@ def _serve(args: argparse.Namespace) -> int:
         from kong_cilium_identity.metrics import serve_metrics
 
         serve_metrics(args.metrics_port, args.metrics_address)
-    from kong_cilium_identity.stock_server import serve
+    from kong_cilium_identity import plugin
+    from kong_cilium_identity.server import serve
 
-    serve(args.kong_prefix, args.socket_name, lua_style=not args.no_lua_style)
+    serve(
+        plugin.Plugin,
+        name=plugin.name,
+        version=plugin.version,
+        priority=plugin.priority,
+        schema=plugin.Schema,
+        prefix=args.kong_prefix,
+        socket_name=args.socket_name,
+        lua_style=not args.no_lua_style,
+        event_deadline=args.event_deadline,
+    )
     return 0
 
 

@@ -248,3 +248,14 @@ def test_plugin_exception_in_monitor_mode_passes(faulty_kong: KongHarness) -> No
     out = call(faulty_kong, {**CONFIG, "mode": "monitor"}, client_ip="10.66.6.6")
     assert out.proxied and not out.failed_open
     assert "x-cilium-identity" not in out.upstream_headers
+
+
+def test_guard_marker_marks_decided_requests(kong: KongHarness) -> None:
+    config = {**CONFIG, "guard_marker": True}
+    allowed = call(kong, config)
+    assert allowed.proxied and allowed.ctx_shared.get("cilium_identity_decided") is True
+    assert allowed.pdk_calls[-1] == "kong.ctx.shared.set"
+    monitored = call(kong, {**config, "mode": "monitor"}, client_ip=PAYMENTS_IP)
+    assert monitored.proxied and monitored.ctx_shared.get("cilium_identity_decided") is True
+    denied = call(kong, config, client_ip=PAYMENTS_IP)
+    assert not denied.proxied and "cilium_identity_decided" not in denied.ctx_shared
