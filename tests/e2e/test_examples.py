@@ -56,3 +56,31 @@ def test_demo_decisions(kong: KongHarness) -> None:
     assert status("checkout", reports_ip) == 403  # the stolen key, used from the wrong pod
     assert status("reports", reports_ip) == 200  # bound through its consumer tag
     assert status("reports", checkout_ip) == 403
+
+
+def yaml_blocks(path: Path) -> list[Any]:
+    text = path.read_text()
+    blocks = text.split("```yaml\n")[1:]
+    return [yaml.safe_load(block.split("```", 1)[0]) for block in blocks]
+
+
+def plugin_configs_in(document: Any) -> list[dict[str, Any]]:
+    """Every cilium-identity config in a kong.yaml document or a bare ``plugins:`` list."""
+    if not isinstance(document, dict):
+        return []
+    plugins = list(document.get("plugins") or [])
+    for service in document.get("services") or []:
+        for route in service.get("routes") or []:
+            plugins += route.get("plugins") or []
+    return [p.get("config") or {} for p in plugins if p.get("name") == "cilium-identity"]
+
+
+def test_documented_yaml_examples_are_valid_configs() -> None:
+    record = config_field(plugin_info()["Schema"])
+    checked = 0
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for document in yaml_blocks(path):
+            for config in plugin_configs_in(document):
+                parse_config(validate_config(record, config))
+                checked += 1
+    assert checked >= 4  # README's route snippet and SA-token example, docs' examples
