@@ -66,19 +66,6 @@ class Identity:
         """Labels in Cilium's sorted ``source:key=value`` text form."""
         return sorted(str(label) for label in self.labels)
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "labels": self.label_strings(),
-            "namespace": self.namespace,
-            "pod": self.pod,
-            "pod_uid": self.pod_uid,
-            "service_account": self.service_account,
-            "cluster": self.cluster,
-            "source": self.source,
-            "observed_at": self.observed_at,
-        }
-
 
 class LookupStatus(enum.Enum):
     """How a lookup ended. Only FOUND carries an identity."""

@@ -21,7 +21,6 @@ from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
 
 from cachetools import TLRUCache
 
@@ -197,8 +196,3 @@ def _close_resolver(resolver: Resolver) -> None:
 
 
 RESOLVERS: SharedPool[ResolverSettings, Resolver] = SharedPool(_create_resolver, _close_resolver)
-
-
-def describe_sources() -> dict[str, Any]:
-    """Counts for leak tests and status output."""
-    return {"sources": len(SOURCES), "resolvers": len(RESOLVERS)}
