@@ -2,6 +2,8 @@
 
 kong-cilium-identity --dump
 kong-cilium-identity serve --kong-prefix /usr/local/kong --socket-name cilium-identity.socket
+kong-cilium-identity validate kong.yaml
+kong-cilium-identity explain --config plugin.yaml --ip 10.0.1.200 --consumer checkout
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from kong_cilium_identity import PLUGIN_NAME
 
@@ -67,6 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "-v", "--verbose", action="count", default=0, help="-v logs every decision, -vv debug"
     )
+    validate = commands.add_parser(
+        "validate", help="check the plugin configs of a kong.yaml (or one plugin config)"
+    )
+    validate.add_argument("file", type=Path)
+    explain = commands.add_parser(
+        "explain", help="resolve an address and print the decision for a consumer"
+    )
+    explain.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="plugin config (YAML/JSON) or a kong.yaml with one plugin",
+    )
+    explain.add_argument("--ip", required=True, help="the client address")
+    explain.add_argument("--consumer", help="consumer username (omit: no consumer)")
+    explain.add_argument(
+        "--consumer-id", default="explain-consumer", help="consumer id (default explain-consumer)"
+    )
+    explain.add_argument("--custom-id", help="consumer custom_id")
+    explain.add_argument("--tag", action="append", default=[], help="consumer tag (repeat)")
+    explain.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="the consumer has no credential (Kong's anonymous fallback)",
+    )
+    explain.add_argument("--claims", type=Path, help="JSON file with token claims")
+    explain.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for sources to sync (default 10)"
+    )
     return parser
 
 
@@ -79,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "explain":
+        return _explain(args)
     build_parser().print_help(sys.stderr)
     return 2
 
@@ -110,6 +146,57 @@ def _serve(args: argparse.Namespace) -> int:
         event_deadline=args.event_deadline,
     )
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kong_cilium_identity.tools import validate
+
+    lines = validate(args.file)
+    print("\n".join(lines))
+    return 1 if any(line.startswith("ERROR") for line in lines) else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kong_cilium_identity.decision import Consumer
+    from kong_cilium_identity.identity.sources import ConfigError
+    from kong_cilium_identity.tools import explain, load_config, plugin_configs
+
+    configs = plugin_configs(yaml.safe_load(args.config.read_text(encoding="utf-8")))
+    if len(configs) != 1:
+        print(
+            f"{args.config}: expected exactly one plugin config, found {len(configs)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_config(configs[0][1])
+        claims = json.loads(args.claims.read_text(encoding="utf-8")) if args.claims else None
+    except (ConfigError, ValueError, OSError) as error:
+        print(f"{args.config}: {error}", file=sys.stderr)
+        return 2
+    consumer = (
+        Consumer(args.consumer_id, args.consumer, args.custom_id, tuple(args.tag))
+        if args.consumer
+        else None
+    )
+    lookup, decision = explain(config, args.ip, consumer, not args.anonymous, claims, args.wait)
+    report = {
+        "lookup": {"status": lookup.status.value, "source": lookup.source, "detail": lookup.detail},
+        "decision": {**decision.log_fields(), "status": decision.status},
+    }
+    if lookup.identity is not None:
+        identity = lookup.identity
+        report["identity"] = {
+            "id": identity.id,
+            "labels": identity.label_strings(),
+            "namespace": identity.namespace,
+            "pod": identity.pod,
+            "service_account": identity.service_account,
+        }
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0 if decision.allowed else 1
 
 
 if __name__ == "__main__":
