@@ -68,6 +68,8 @@ def plugin_configs_in(document: Any) -> list[dict[str, Any]]:
     """Every cilium-identity config in a kong.yaml document or a bare ``plugins:`` list."""
     if not isinstance(document, dict):
         return []
+    if document.get("kind") == "KongPlugin" and document.get("plugin") == "cilium-identity":
+        return [document.get("config") or {}]
     plugins = list(document.get("plugins") or [])
     for service in document.get("services") or []:
         for route in service.get("routes") or []:
@@ -83,4 +85,4 @@ def test_documented_yaml_examples_are_valid_configs() -> None:
             for config in plugin_configs_in(document):
                 parse_config(validate_config(record, config))
                 checked += 1
-    assert checked >= 4  # README's route snippet and SA-token example, docs' examples
+    assert checked >= 5  # README's route snippet, SA-token and KongPlugin examples, docs
