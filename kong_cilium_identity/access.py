@@ -136,9 +136,11 @@ def _decide_for(
 def _token_consumer(exchange: Exchange, named: Any) -> tuple[Consumer | None, bool]:
     """Load and authenticate the consumer a verified token names, as Kong's auth
     plugins do, so acl, rate-limiting and logs see it. (consumer, has_credential)."""
-    args = named.load_args()
-    if args is None:  # by custom_id: no PDK call loads it; bindings name it custom_id:<v>
+    if named.by == "custom_id":  # no PDK call loads it; bindings name it custom_id:<v>
         return Consumer(id=f"custom_id:{named.value}", custom_id=named.value), True
+    args = named.load_args()
+    if args is None:  # by id, but not a UUID: it names no consumer row
+        return None, False
     kong = exchange.kong
     row = pdk.call(kong.client.load_consumer, *args)
     if not named.matches(row):

@@ -217,3 +217,13 @@ def test_consumer_from_an_earlier_auth_plugin(kong: KongHarness, issuer: FakeIss
 def test_token_naming_an_unknown_consumer_is_401(kong: KongHarness, issuer: FakeIssuer) -> None:
     out = send(kong, config(issuer), pod_a_token(issuer, sub="system:serviceaccount:x:y"))
     assert out.status == 401 and "no_consumer" in str(out.body)
+
+
+def test_consumer_by_id_with_a_claim_that_is_no_uuid_is_401(
+    kong: KongHarness, issuer: FakeIssuer
+) -> None:
+    """A by-id claim that cannot name a consumer row must not turn into a custom_id
+    consumer (whose bare binding is the username's)."""
+    out = send(kong, config(issuer, consumer_by="id"), pod_a_token(issuer))
+    assert not out.proxied
+    assert out.status == 401 and "no_consumer" in str(out.body)
