@@ -190,6 +190,26 @@ def test_bindings_can_name_the_field() -> None:
 
 
 @pytest.mark.parametrize(
+    "consumer",
+    [
+        Consumer("c-9", "mallory", "username:alice"),
+        Consumer("c-9", "username:alice"),
+        Consumer("username:alice"),
+    ],
+)
+def test_a_value_that_spells_a_field_prefix_gets_no_other_consumers_binding(
+    consumer: Consumer,
+) -> None:
+    """``username:alice`` names alice's username only: a custom_id (or a token claim
+    mapped to one) whose text is ``username:alice`` is not alice."""
+    policy = Policy.build([("username:alice", ["k8s:app=checkout"])])
+    assert policy.selectors_for(consumer) == ()
+    assert decide(Facts(consumer, True), Lookup.found(CHECKOUT), policy).reason is (
+        Reason.NO_BINDING
+    )
+
+
+@pytest.mark.parametrize(
     ("claim", "target"),
     [("", "identity.namespace"), ("sub", "identity.nope"), ("sub", "k8s:app=x"), ("sub", "")],
 )
