@@ -214,3 +214,24 @@ def test_a_superseded_late_answer_neither_ends_nor_overwrites_the_newer_call() -
     assert second[0].identity == B
     assert source.lookup(PEER, 0.05).identity == B
     assert inner.calls == 2
+
+
+def test_shared_pool_release_from_inside_create_does_not_deadlock() -> None:
+    """Plugin instances release their resolver from a weakref finalizer, which the cyclic
+    garbage collector may run on any allocation, including inside ``acquire``'s create."""
+    closed: list[str] = []
+    pools: list[SharedPool[str, str]] = []
+
+    def create(key: str) -> str:
+        if key == "new":
+            pools[0].release("old")  # what a finalizer run by the GC here would do
+        return key
+
+    pool: SharedPool[str, str] = SharedPool(create, closed.append)
+    pools.append(pool)
+    pool.acquire("old")
+    worker = threading.Thread(target=pool.acquire, args=("new",), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert closed == ["old"] and len(pool) == 1
