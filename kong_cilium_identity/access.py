@@ -59,7 +59,9 @@ class Exchange:
     def __init__(self, kong: Any) -> None:
         self.kong = kong
         self._headers: Mapping[str, Any] | None = None
-        self.authenticated: tuple[Consumer, str] | None = None
+        # (X-Consumer-ID, X-Consumer-Username, X-Consumer-Custom-ID), credential id: set
+        # when the token check authenticated the consumer itself
+        self.authenticated: tuple[tuple[str | None, ...], str] | None = None
 
     def headers(self) -> Mapping[str, Any]:
         if self._headers is None:
@@ -136,18 +138,22 @@ def _decide_for(
 def _token_consumer(exchange: Exchange, named: Any) -> tuple[Consumer | None, bool]:
     """Load and authenticate the consumer a verified token names, as Kong's auth
     plugins do, so acl, rate-limiting and logs see it. (consumer, has_credential)."""
-    args = named.load_args()
-    if args is None:  # by custom_id: no PDK call loads it; bindings name it custom_id:<v>
+    credential_id = f"cilium-identity-token:{named.value}"
+    if named.by == "custom_id":  # no PDK call loads it; bindings name it custom_id:<v>
+        exchange.authenticated = ((None, None, named.value), credential_id)
         return Consumer(id=f"custom_id:{named.value}", custom_id=named.value), True
+    args = named.load_args()
+    if args is None:  # by id, but not a UUID: it names no consumer row
+        return None, False
     kong = exchange.kong
     row = pdk.call(kong.client.load_consumer, *args)
     if not named.matches(row):
         return None, False
-    credential_id = f"cilium-identity-token:{named.value}"
     pdk.call(kong.client.authenticate, row, {"id": credential_id})
     consumer = Consumer.from_kong(row)
     if consumer is not None:
-        exchange.authenticated = (consumer, credential_id)
+        values = (consumer.id, consumer.username, consumer.custom_id)
+        exchange.authenticated = (values, credential_id)
     return consumer, consumer is not None
 
 
@@ -246,8 +252,9 @@ def upstream_headers(
     return table
 
 
-def _consumer_headers(consumer: Consumer, credential_id: str) -> dict[str, str | list[str]]:
-    values = (consumer.id, consumer.username, consumer.custom_id)
+def _consumer_headers(
+    values: tuple[str | None, ...], credential_id: str
+) -> dict[str, str | list[str]]:
     table: dict[str, str | list[str]] = {
         name: value or [] for name, value in zip(_CONSUMER_HEADERS, values, strict=True)
     }

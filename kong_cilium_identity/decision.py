@@ -141,6 +141,9 @@ class ClaimRule:
         return None
 
 
+_FIELD_PREFIXES = ("id:", "username:", "custom_id:")
+
+
 @dataclass(frozen=True)
 class Policy:
     """What the plugin config says about who may come from where."""
@@ -178,7 +181,8 @@ class Policy:
         found: list[Selector] = []
         for field_name, value in consumer.refs():
             found.extend(self.bindings.get(f"{field_name}:{value}", ()))
-            found.extend(self.bindings.get(value, ()))
+            if not value.startswith(_FIELD_PREFIXES):  # a prefixed key names its field only
+                found.extend(self.bindings.get(value, ()))
         if self.tag_prefix:
             for tag in consumer.tags:
                 if tag.startswith(self.tag_prefix):

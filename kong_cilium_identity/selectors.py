@@ -50,7 +50,7 @@ def parse_selector(text: str) -> Selector:
     for term in terms:
         if not term:
             raise LabelError(f"selector {text!r} has an empty term")
-        if term.isdigit():
+        if term.isascii() and term.isdigit():  # str.isdigit() also takes "²" and "٣"
             ids.append(int(term))
         else:
             labels.append(parse_label(term, default_source=ANY_SOURCE))

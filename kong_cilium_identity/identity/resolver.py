@@ -50,7 +50,7 @@ class CachedSource:
         self._cache: TLRUCache[str, Lookup] = TLRUCache(
             maxsize=settings.size, ttu=self._expires_at, timer=time.monotonic
         )
-        self._inflight: dict[str, tuple[Future[Lookup], float]] = {}
+        self._inflight: dict[str, tuple[Future[Lookup], float, object]] = {}
 
     def _expires_at(self, _key: str, value: Lookup, now: float) -> float:
         if value.status is LookupStatus.FOUND:
@@ -75,17 +75,21 @@ class CachedSource:
         inflight = self._inflight.get(peer.address)
         if inflight is not None and inflight[1] > now:
             return inflight[0]
-        future = _WORKERS.submit(self._fetch, peer, timeout)
-        self._inflight[peer.address] = (future, now + timeout)
+        ticket = object()
+        future = _WORKERS.submit(self._fetch, peer, timeout, ticket)
+        self._inflight[peer.address] = (future, now + timeout, ticket)
         return future
 
-    def _fetch(self, peer: Peer, timeout: float) -> Lookup:
+    def _fetch(self, peer: Peer, timeout: float, ticket: object) -> Lookup:
         try:
             result = self.inner.lookup(peer, timeout)
         except Exception as error:  # a source must not raise; if it does, fail closed
             result = Lookup.unavailable(self.name, f"source raised {error!r}")
         with self._lock:
-            self._inflight.pop(peer.address, None)
+            inflight = self._inflight.get(peer.address)
+            if inflight is None or inflight[2] is not ticket:
+                return result  # superseded: a newer call for the address was started
+            del self._inflight[peer.address]
             if result.status is not LookupStatus.UNAVAILABLE:
                 self._cache[peer.address] = result
         return result

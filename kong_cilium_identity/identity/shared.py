@@ -19,7 +19,9 @@ class SharedPool(Generic[K, V]):
     def __init__(self, create: Callable[[K], V], close: Callable[[V], None]) -> None:
         self._create = create
         self._close = close
-        self._lock = threading.Lock()
+        # Re-entrant: a plugin instance's finalizer releases its resources, and the garbage
+        # collector may run it on this thread while ``acquire`` holds the lock.
+        self._lock = threading.RLock()
         self._entries: dict[K, tuple[V, int]] = {}
 
     def acquire(self, key: K) -> V:

@@ -217,3 +217,40 @@ def test_consumer_from_an_earlier_auth_plugin(kong: KongHarness, issuer: FakeIss
 def test_token_naming_an_unknown_consumer_is_401(kong: KongHarness, issuer: FakeIssuer) -> None:
     out = send(kong, config(issuer), pod_a_token(issuer, sub="system:serviceaccount:x:y"))
     assert out.status == 401 and "no_consumer" in str(out.body)
+
+
+def test_consumer_by_id_with_a_claim_that_is_no_uuid_is_401(
+    kong: KongHarness, issuer: FakeIssuer
+) -> None:
+    """A by-id claim that cannot name a consumer row must not turn into a custom_id
+    consumer (whose bare binding is the username's)."""
+    out = send(kong, config(issuer, consumer_by="id"), pod_a_token(issuer))
+    assert not out.proxied
+    assert out.status == 401 and "no_consumer" in str(out.body)
+
+
+def test_consumer_by_custom_id_clears_client_sent_consumer_headers(
+    kong: KongHarness, issuer: FakeIssuer
+) -> None:
+    """A token-named custom_id consumer is the authenticated caller: client-sent
+    X-Consumer-* copies must not reach the upstream as if Kong had set them."""
+    spoofed = {
+        "X-Consumer-ID": CONSUMER["id"],
+        "X-Consumer-Username": "admin",
+        "X-Consumer-Custom-ID": "someone-else",
+        "X-Credential-Identifier": "cred-admin",
+        "X-Anonymous-Consumer": "false",
+    }
+    token = pod_a_token(issuer)
+    out = send(
+        kong,
+        config(issuer, consumer_by="custom_id"),
+        None,
+        headers={"Authorization": f"Bearer {token}", **spoofed},
+    )
+    assert out.proxied
+    headers = out.upstream_headers
+    assert headers["x-consumer-custom-id"] == [SA_USERNAME]
+    for name in ("x-consumer-id", "x-consumer-username", "x-anonymous-consumer"):
+        assert name not in headers
+    assert headers["x-credential-identifier"] == [f"cilium-identity-token:{SA_USERNAME}"]

@@ -16,6 +16,8 @@ from kong_cilium_identity.identity.sources.hubble import (
     HubbleSource,
     parse_settings,
 )
+from kong_cilium_identity.identity.sources.hubble_follow import FlowFollower, WarmFlows
+from kong_cilium_identity.proto.observer import observer_pb2
 from kong_cilium_identity.testing.fake_relay import FakeRelay, ServerTLS, make_flow
 
 from .conftest import TLSMaterial
@@ -262,3 +264,43 @@ def test_follow_reconnects_after_relay_restart(make_source: Any) -> None:
         assert eventually(lambda: len(warm) == 2)
     finally:
         relay.stop()
+
+
+def test_follow_stream_interruption_drops_the_warm_cache() -> None:
+    """Flows sent while the follow stream was down are never replayed, so an address
+    reused in that gap must not be answered from what was seen before it."""
+    warm = WarmFlows(ttl=600, size=16)
+    calls: list[observer_pb2.GetFlowsRequest] = []
+
+    def start_stream(request: observer_pb2.GetFlowsRequest) -> _FakeCall:
+        calls.append(request)
+        if len(calls) == 1:
+            return _FakeCall(_broken_stream(make_flow("10.0.0.5", 48861, APP)))
+        return _FakeCall(iter(()))
+
+    follower = FlowFollower(start_stream, observer_pb2.GetFlowsRequest(follow=True), warm, 0.05)
+    follower.start()
+    try:
+        assert eventually(lambda: len(calls) >= 2)
+        assert len(warm) == 0
+        assert warm.get(Peer("10.0.0.5"), match_ports=False) is None
+    finally:
+        follower.stop()
+
+
+class _FakeCall:
+    """A gRPC streaming call: iterable, and cancellable by the follower's stop()."""
+
+    def __init__(self, responses: Iterator[observer_pb2.GetFlowsResponse]) -> None:
+        self._responses = responses
+
+    def __iter__(self) -> Iterator[observer_pb2.GetFlowsResponse]:
+        return self._responses
+
+    def cancel(self) -> None:
+        return None
+
+
+def _broken_stream(flow: Any) -> Iterator[observer_pb2.GetFlowsResponse]:
+    yield observer_pb2.GetFlowsResponse(flow=flow)
+    raise ConnectionError("stream broke")

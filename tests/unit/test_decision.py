@@ -183,10 +183,40 @@ def test_malformed_tag_grants_nothing() -> None:
     assert decide(Facts(consumer, True), Lookup.found(CHECKOUT), POLICY).reason is Reason.NO_BINDING
 
 
+@pytest.mark.parametrize("tag", ["cilium-identity:\u00b2", "cilium-identity:\u0663"])
+def test_a_tag_with_non_ascii_digits_grants_nothing_and_does_not_raise(tag: str) -> None:
+    consumer = Consumer("c-6", "eve", None, (tag,))
+    reserved_three = Identity.build(3, ["reserved:unmanaged"])
+    policy = Policy.build([], allowed_reserved=[3])
+    for identity in (CHECKOUT, reserved_three):
+        decision = decide(Facts(consumer, True), Lookup.found(identity), policy)
+        assert decision.reason is Reason.IDENTITY_MISMATCH
+
+
 def test_bindings_can_name_the_field() -> None:
     policy = Policy.build([("id:c-1", ["k8s:app=checkout"]), ("username:c-1", ["k8s:app=x"])])
     assert policy.selectors_for(ALICE)[0].text == "k8s:app=checkout"
     assert len(policy.selectors_for(ALICE)) == 1
+
+
+@pytest.mark.parametrize(
+    "consumer",
+    [
+        Consumer("c-9", "mallory", "username:alice"),
+        Consumer("c-9", "username:alice"),
+        Consumer("username:alice"),
+    ],
+)
+def test_a_value_that_spells_a_field_prefix_gets_no_other_consumers_binding(
+    consumer: Consumer,
+) -> None:
+    """``username:alice`` names alice's username only: a custom_id (or a token claim
+    mapped to one) whose text is ``username:alice`` is not alice."""
+    policy = Policy.build([("username:alice", ["k8s:app=checkout"])])
+    assert policy.selectors_for(consumer) == ()
+    assert decide(Facts(consumer, True), Lookup.found(CHECKOUT), policy).reason is (
+        Reason.NO_BINDING
+    )
 
 
 @pytest.mark.parametrize(

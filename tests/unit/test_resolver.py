@@ -166,3 +166,72 @@ def test_shared_pool_counts_references() -> None:
     assert closed == [] and len(pool) == 1
     pool.release("a")
     assert closed == ["A"] and len(pool) == 0
+
+
+class GatedSource:
+    """Call n waits for gates[n], then gives answers[n]."""
+
+    def __init__(self, answers: list[Lookup]) -> None:
+        self.name = "s"
+        self.cacheable = True
+        self.calls = 0
+        self.answers = answers
+        self.gates = [threading.Event() for _ in answers]
+        self._lock = threading.Lock()
+
+    def lookup(self, peer: Peer, timeout: float) -> Lookup:
+        with self._lock:
+            number = self.calls
+            self.calls += 1
+        self.gates[number].wait(10)
+        return self.answers[number]
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_superseded_late_answer_neither_ends_nor_overwrites_the_newer_call() -> None:
+    inner = GatedSource([Lookup.found(A, "s"), Lookup.found(B, "s")])
+    source = CachedSource(inner, CacheSettings(ttl=60, negative_ttl=60, size=100))
+    assert source.lookup(PEER, 0.05).status is LookupStatus.UNAVAILABLE  # call 1 hangs
+    first_call = source._inflight[PEER.address][0]
+    second: list[Lookup] = []
+    waiter = threading.Thread(target=lambda: second.append(source.lookup(PEER, 10.0)))
+    waiter.start()
+    while inner.calls < 2:  # call 2 started: call 1 outlived its timeout
+        time.sleep(0.01)
+    inner.gates[0].set()
+    first_call.result(10)
+    # Call 1's answer came after call 2 was asked; it must not stand in for call 2.
+    third = source.lookup(PEER, 0.05)
+    assert third.status is LookupStatus.UNAVAILABLE  # joined call 2, still running
+    assert inner.calls == 2
+    inner.gates[1].set()
+    waiter.join()
+    assert second[0].identity == B
+    assert source.lookup(PEER, 0.05).identity == B
+    assert inner.calls == 2
+
+
+def test_shared_pool_release_from_inside_create_does_not_deadlock() -> None:
+    """Plugin instances release their resolver from a weakref finalizer, which the cyclic
+    garbage collector may run on any allocation, including inside ``acquire``'s create."""
+    closed: list[str] = []
+    pools: list[SharedPool[str, str]] = []
+
+    def create(key: str) -> str:
+        if key == "new":
+            pools[0].release("old")  # what a finalizer run by the GC here would do
+        return key
+
+    pool: SharedPool[str, str] = SharedPool(create, closed.append)
+    pools.append(pool)
+    pool.acquire("old")
+    worker = threading.Thread(target=pool.acquire, args=("new",), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert closed == ["old"] and len(pool) == 1

@@ -2,8 +2,9 @@
 
 One thread per Hubble source (sources are shared per settings, so one per settings
 process-wide). It keeps the newest identity seen per source address, and per
-(address, source port, destination port) for pinned lookups. A lost-events report clears
-everything: a newer flow that could have changed an answer may be among the lost.
+(address, source port, destination port) for pinned lookups. A lost-events report, and
+the end of a stream, clear everything: a newer flow that could have changed an answer
+may be among the lost, or among those sent before the next stream started.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class FlowFollower:
             except Exception as error:  # the stream ends with an RpcError; keep following
                 if not self._stopped.is_set():
                     log.warning("hubble follow stream interrupted: %s", _describe(error))
+            # A new stream starts from now: flows sent in the gap are never replayed.
+            self._warm.clear()
             self.connected.clear()
             self._stopped.wait(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self._backoff_max)
