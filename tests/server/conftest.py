@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -81,3 +82,13 @@ def make_kong(prefix: Path) -> Iterator[MakeKong]:
     yield make
     for kong in reversed(made):
         kong.close()
+
+
+def wait_for_output(kong: KongHarness, text: str) -> str:
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        for line in kong.server_output:
+            if text in line:
+                return line
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in the server output")

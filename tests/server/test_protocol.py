@@ -13,7 +13,7 @@ from kong_cilium_identity.server.protocol import FAIL_CLOSED, STEP_VARIANTS
 from kong_cilium_identity.testing.kong import KongHarness, KongRequest
 from kong_cilium_identity.testing.msgpack_rpc import RpcClient, RpcError
 from tests.harness.conftest import script
-from tests.server.conftest import MakeKong
+from tests.server.conftest import MakeKong, wait_for_output
 
 
 def rpc_for(kong: KongHarness) -> RpcClient:
@@ -25,16 +25,6 @@ def start(rpc: RpcClient, config: dict[str, Any], name: str = "probe") -> int:
     instance_id = status["Id"]
     assert isinstance(instance_id, int) and 0 <= instance_id < 2**31
     return instance_id
-
-
-def wait_for_output(kong: KongHarness, text: str) -> str:
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        for line in kong.server_output:
-            if text in line:
-                return line
-        time.sleep(0.02)
-    raise AssertionError(f"{text!r} not in the server output")
 
 
 def test_instance_management_shapes_and_errors(make_kong: MakeKong) -> None:
