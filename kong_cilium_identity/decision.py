@@ -98,6 +98,9 @@ class Facts:
     claims: Mapping[str, Any] | None = None
 
 
+# Binding refs that name one consumer field explicitly.
+_FIELD_PREFIXES = ("id:", "username:", "custom_id:")
+
 IDENTITY_ATTRIBUTES = ("id", "namespace", "service_account", "pod", "pod_uid", "cluster")
 
 
@@ -178,7 +181,10 @@ class Policy:
         found: list[Selector] = []
         for field_name, value in consumer.refs():
             found.extend(self.bindings.get(f"{field_name}:{value}", ()))
-            found.extend(self.bindings.get(value, ()))
+            # A bare binding matches any field; a binding written ``username:alice`` names
+            # that field only, so a custom_id that reads "username:alice" must not hit it.
+            if not value.startswith(_FIELD_PREFIXES):
+                found.extend(self.bindings.get(value, ()))
         if self.tag_prefix:
             for tag in consumer.tags:
                 if tag.startswith(self.tag_prefix):

@@ -214,3 +214,14 @@ def test_bad_claim_rules_are_refused(claim: str, target: str) -> None:
 )
 def test_consumer_from_kong(row: object, expected: Consumer | None) -> None:
     assert Consumer.from_kong(row) == expected
+
+
+def test_a_field_prefixed_binding_names_that_field_only() -> None:
+    """Found by test_decision_properties: a consumer whose custom_id reads
+    "username:alice" got the binding written for the consumer named alice."""
+    policy = Policy.build([("username:alice", ["k8s:app=checkout"])])
+    impostor = Consumer("c-9", "mallory", "username:alice")
+    decision = decide(Facts(impostor, True), Lookup.found(CHECKOUT), policy)
+    assert decision.reason is Reason.NO_BINDING
+    alice = Consumer("c-1", "alice", "username:alice")
+    assert decide(Facts(alice, True), Lookup.found(CHECKOUT), policy).allowed
