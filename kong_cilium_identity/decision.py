@@ -135,13 +135,18 @@ class ClaimRule:
         return cls(claim.strip(), target, label)
 
     def expected(self, identity: Identity) -> str | None:
+        """The target's value on the identity; None when it has none, or more than one
+        (labels ``k8s:app=a`` and ``container:app=b`` for the target ``app``): picking one
+        would make the decision depend on set order."""
         if self.label is None:
             value = getattr(identity, self.target.removeprefix("identity."))
             return None if value is None else str(value)
-        for label in identity.labels:
-            if label.key == self.label.key and self.label.source in (ANY_SOURCE, label.source):
-                return label.value
-        return None
+        values = {
+            label.value
+            for label in identity.labels
+            if label.key == self.label.key and self.label.source in (ANY_SOURCE, label.source)
+        }
+        return values.pop() if len(values) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -304,7 +309,7 @@ def _failed_claim_rule(
             return f"claim {rule.claim!r} is a {type(value).__name__}, not a string"
         expected = rule.expected(identity)
         if expected is None:
-            return f"identity {identity.id} has no {rule.target}"
+            return f"identity {identity.id} has no single value for {rule.target}"
         if value != expected:
             return f"claim {rule.claim!r} is {value!r} but {rule.target} is {expected!r}"
     return None

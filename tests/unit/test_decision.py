@@ -225,3 +225,14 @@ def test_a_field_prefixed_binding_names_that_field_only() -> None:
     assert decision.reason is Reason.NO_BINDING
     alice = Consumer("c-1", "alice", "username:alice")
     assert decide(Facts(alice, True), Lookup.found(CHECKOUT), policy).allowed
+
+
+def test_a_claim_rule_target_with_two_values_fails_closed() -> None:
+    """Found by test_decision_properties: with labels k8s:app=a and k8s:app=b, the rule
+    compared the claim with whichever label the frozenset yielded first."""
+    identity = Identity.build(48861, ["k8s:app=a", "k8s:app=b"])
+    policy = Policy.build([("alice", ["48861"])], claim_rules=[("app", "app")])
+    for claim in ("a", "b"):
+        decision = decide(Facts(ALICE, True, None, {"app": claim}), Lookup.found(identity), policy)
+        assert decision.reason is Reason.CLAIM_MISMATCH
+        assert "no single value for app" in decision.detail
