@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,22 @@ def test_slow_start_instance_is_refused_and_the_late_instance_closed(
         time.sleep(0.05)
     assert marker.exists()
     assert rpc_for(kong).call("plugin.GetStatus")["Plugins"]["gate"]["Instances"] == []
+
+
+def test_a_map_key_python_cannot_hash_drops_the_connection_not_the_server(
+    make_kong: MakeKong,
+) -> None:
+    """Found by tests/e2e/test_server_fuzz.py: msgpack allows an array as a map key; the
+    decoder raises TypeError for it, which escaped the event loop and killed the server
+    (and with it every later request, which Kong then proxies unenforced)."""
+    kong = make_kong("ours")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    sock.connect(str(kong.socket_path))
+    # [0, 1, "plugin.GetStatus", [{[1]: 2}]]
+    sock.sendall(b"\x94\x00\x01\xafplugin.GetStatus\x91\x81\x91\x01\x02")
+    assert sock.recv(1024) == b""  # dropped, no reply
+    sock.close()
+    assert wait_for_output(kong, "malformed msgpack")
+    assert "Pid" in rpc_for(kong).call("plugin.GetStatus")
+    assert kong.request(kong.add_plugin({}), KongRequest()).status == 200
