@@ -211,3 +211,16 @@ def test_a_map_key_python_cannot_hash_drops_the_connection_not_the_server(
     assert wait_for_output(kong, "malformed msgpack")
     assert "Pid" in rpc_for(kong).call("plugin.GetStatus")
     assert kong.request(kong.add_plugin({}), KongRequest()).status == 200
+
+
+def test_a_message_type_of_false_is_not_a_request(make_kong: MakeKong) -> None:
+    """Found by tests/e2e/test_server_fuzz.py: [false, nil, nil, nil] was answered as a
+    request because False == 0 in Python. Only the integer 0 marks a request."""
+    kong = make_kong("ours")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    sock.connect(str(kong.socket_path))
+    sock.sendall(b"\x94\xc2\xc0\xc0\xc0")  # [false, nil, nil, nil]
+    assert sock.recv(1024) == b""  # dropped, no reply
+    sock.close()
+    assert "Pid" in rpc_for(kong).call("plugin.GetStatus")
