@@ -64,14 +64,17 @@ class Consumer:
     @classmethod
     def from_kong(cls, row: Any) -> Consumer | None:
         """A consumer from Kong's consumer row; None when there is no usable row."""
-        if not isinstance(row, Mapping) or not isinstance(row.get("id"), str) or not row["id"]:
+        if not isinstance(row, Mapping):
+            return None
+        consumer_id = _text_or_none(row.get("id"))
+        if consumer_id is None:
             return None
         tags = row.get("tags")
         return cls(
-            id=row["id"],
+            id=consumer_id,
             username=_text_or_none(row.get("username")),
             custom_id=_text_or_none(row.get("custom_id")),
-            tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+            tags=tuple(t for t in tags if _text_or_none(t)) if isinstance(tags, list) else (),
         )
 
     def refs(self) -> tuple[tuple[str, str], ...]:
@@ -85,7 +88,15 @@ class Consumer:
 
 
 def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """Non-empty valid text. A plugin server that survives invalid UTF-8 from Kong hands
+    it over with surrogate escapes; such a value names nobody."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 @dataclass(frozen=True, slots=True)

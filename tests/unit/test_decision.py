@@ -236,3 +236,13 @@ def test_a_claim_rule_target_with_two_values_fails_closed() -> None:
         decision = decide(Facts(ALICE, True, None, {"app": claim}), Lookup.found(identity), policy)
         assert decision.reason is Reason.CLAIM_MISMATCH
         assert "no single value for app" in decision.detail
+
+
+def test_consumer_fields_that_are_not_valid_text_name_nobody() -> None:
+    """Found by tests/e2e/test_plugin_fuzz.py: a consumer row whose id was invalid UTF-8
+    (a surrogate-escaped str from the plugin server) was accepted, and its binding tag
+    let the request through."""
+    tag = "cilium-identity:k8s:app=checkout"
+    assert Consumer.from_kong({"id": "checkout\udcff", "tags": [tag]}) is None
+    row = {"id": "c-1", "username": "alice\udcff", "custom_id": "\udcfe", "tags": [tag + "\udcff"]}
+    assert Consumer.from_kong(row) == Consumer("c-1")
