@@ -61,8 +61,9 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[KongHarness, ConfiguredPlugin]]:
-    with running_server() as kong:
+def served(style_flags: list[str]) -> Iterator[tuple[KongHarness, ConfiguredPlugin]]:
+    """Under both of kong-pdk's return conventions (conftest's style_flags)."""
+    with running_server(*style_flags) as kong:
         yield kong, kong.add_plugin(CONFIG)
 
 
