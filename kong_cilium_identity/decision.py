@@ -64,14 +64,17 @@ class Consumer:
     @classmethod
     def from_kong(cls, row: Any) -> Consumer | None:
         """A consumer from Kong's consumer row; None when there is no usable row."""
-        if not isinstance(row, Mapping) or not isinstance(row.get("id"), str) or not row["id"]:
+        if not isinstance(row, Mapping):
+            return None
+        consumer_id = _text_or_none(row.get("id"))
+        if consumer_id is None:
             return None
         tags = row.get("tags")
         return cls(
-            id=row["id"],
+            id=consumer_id,
             username=_text_or_none(row.get("username")),
             custom_id=_text_or_none(row.get("custom_id")),
-            tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+            tags=tuple(t for t in tags if _text_or_none(t)) if isinstance(tags, list) else (),
         )
 
     def refs(self) -> tuple[tuple[str, str], ...]:
@@ -85,7 +88,15 @@ class Consumer:
 
 
 def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """Non-empty valid text. A plugin server that survives invalid UTF-8 from Kong hands
+    it over with surrogate escapes; such a value names nobody."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,9 @@ class Facts:
     client_address: str | None = None
     claims: Mapping[str, Any] | None = None
 
+
+# Binding refs that name one consumer field explicitly.
+_FIELD_PREFIXES = ("id:", "username:", "custom_id:")
 
 IDENTITY_ATTRIBUTES = ("id", "namespace", "service_account", "pod", "pod_uid", "cluster")
 
@@ -132,16 +146,18 @@ class ClaimRule:
         return cls(claim.strip(), target, label)
 
     def expected(self, identity: Identity) -> str | None:
+        """The target's value on the identity; None when it has none, or more than one
+        (labels ``k8s:app=a`` and ``container:app=b`` for the target ``app``): picking one
+        would make the decision depend on set order."""
         if self.label is None:
             value = getattr(identity, self.target.removeprefix("identity."))
             return None if value is None else str(value)
-        for label in identity.labels:
-            if label.key == self.label.key and self.label.source in (ANY_SOURCE, label.source):
-                return label.value
-        return None
-
-
-_FIELD_PREFIXES = ("id:", "username:", "custom_id:")
+        values = {
+            label.value
+            for label in identity.labels
+            if label.key == self.label.key and self.label.source in (ANY_SOURCE, label.source)
+        }
+        return values.pop() if len(values) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,9 @@ class Policy:
         found: list[Selector] = []
         for field_name, value in consumer.refs():
             found.extend(self.bindings.get(f"{field_name}:{value}", ()))
-            if not value.startswith(_FIELD_PREFIXES):  # a prefixed key names its field only
+            # A bare binding matches any field; a binding written ``username:alice`` names
+            # that field only, so a custom_id that reads "username:alice" must not hit it.
+            if not value.startswith(_FIELD_PREFIXES):
                 found.extend(self.bindings.get(value, ()))
         if self.tag_prefix:
             for tag in consumer.tags:
@@ -302,7 +320,7 @@ def _failed_claim_rule(
             return f"claim {rule.claim!r} is a {type(value).__name__}, not a string"
         expected = rule.expected(identity)
         if expected is None:
-            return f"identity {identity.id} has no {rule.target}"
+            return f"identity {identity.id} has no single value for {rule.target}"
         if value != expected:
             return f"claim {rule.claim!r} is {value!r} but {rule.target} is {expected!r}"
     return None

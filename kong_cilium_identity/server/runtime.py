@@ -265,7 +265,12 @@ class Runtime:
 
     def _dispatch(self, worker: Worker, conn: Connection, message: Any) -> bool:
         """Handle one request; False when the connection must be dropped."""
-        if type(message) is not list or len(message) != 4 or message[0] != protocol.REQUEST:
+        if (
+            type(message) is not list
+            or len(message) != 4
+            or type(message[0]) is not int  # msgpack false or 0.0 are not the request type
+            or message[0] != protocol.REQUEST
+        ):
             log.warning("closing a connection that sent a non-request message")
             return False
         _, msgid, method, params = message

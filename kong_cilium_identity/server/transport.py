@@ -111,8 +111,11 @@ class Connection:
         self.unpacker.feed(chunk)
         try:
             return list(self.unpacker)
-        except (ValueError, msgpack.UnpackException) as error:
-            log.warning("closing a connection that sent malformed msgpack: %s", error)
+        except Exception as error:
+            # Not just ValueError: a map whose key is an array or a map (valid msgpack,
+            # unhashable in Python) raises TypeError. Whatever the decoder raises, this
+            # connection is unreadable; it must never take the server down with it.
+            log.warning("closing a connection that sent malformed msgpack: %r", error)
             return None
 
     def reply(self, msgid: Any, result: Any) -> bool:

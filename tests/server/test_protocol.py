@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,35 @@ def test_slow_start_instance_is_refused_and_the_late_instance_closed(
         time.sleep(0.05)
     assert marker.exists()
     assert rpc_for(kong).call("plugin.GetStatus")["Plugins"]["gate"]["Instances"] == []
+
+
+def test_a_map_key_python_cannot_hash_drops_the_connection_not_the_server(
+    make_kong: MakeKong,
+) -> None:
+    """Found by tests/e2e/test_server_fuzz.py: msgpack allows an array as a map key; the
+    decoder raises TypeError for it, which escaped the event loop and killed the server
+    (and with it every later request, which Kong then proxies unenforced)."""
+    kong = make_kong("ours")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    sock.connect(str(kong.socket_path))
+    # [0, 1, "plugin.GetStatus", [{[1]: 2}]]
+    sock.sendall(b"\x94\x00\x01\xafplugin.GetStatus\x91\x81\x91\x01\x02")
+    assert sock.recv(1024) == b""  # dropped, no reply
+    sock.close()
+    assert wait_for_output(kong, "malformed msgpack")
+    assert "Pid" in rpc_for(kong).call("plugin.GetStatus")
+    assert kong.request(kong.add_plugin({}), KongRequest()).status == 200
+
+
+def test_a_message_type_of_false_is_not_a_request(make_kong: MakeKong) -> None:
+    """Found by tests/e2e/test_server_fuzz.py: [false, nil, nil, nil] was answered as a
+    request because False == 0 in Python. Only the integer 0 marks a request."""
+    kong = make_kong("ours")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    sock.connect(str(kong.socket_path))
+    sock.sendall(b"\x94\xc2\xc0\xc0\xc0")  # [false, nil, nil, nil]
+    assert sock.recv(1024) == b""  # dropped, no reply
+    sock.close()
+    assert "Pid" in rpc_for(kong).call("plugin.GetStatus")

@@ -244,3 +244,35 @@ def test_bad_claim_rules_are_refused(claim: str, target: str) -> None:
 )
 def test_consumer_from_kong(row: object, expected: Consumer | None) -> None:
     assert Consumer.from_kong(row) == expected
+
+
+def test_a_field_prefixed_binding_names_that_field_only() -> None:
+    """Found by test_decision_properties: a consumer whose custom_id reads
+    "username:alice" got the binding written for the consumer named alice."""
+    policy = Policy.build([("username:alice", ["k8s:app=checkout"])])
+    impostor = Consumer("c-9", "mallory", "username:alice")
+    decision = decide(Facts(impostor, True), Lookup.found(CHECKOUT), policy)
+    assert decision.reason is Reason.NO_BINDING
+    alice = Consumer("c-1", "alice", "username:alice")
+    assert decide(Facts(alice, True), Lookup.found(CHECKOUT), policy).allowed
+
+
+def test_a_claim_rule_target_with_two_values_fails_closed() -> None:
+    """Found by test_decision_properties: with labels k8s:app=a and k8s:app=b, the rule
+    compared the claim with whichever label the frozenset yielded first."""
+    identity = Identity.build(48861, ["k8s:app=a", "k8s:app=b"])
+    policy = Policy.build([("alice", ["48861"])], claim_rules=[("app", "app")])
+    for claim in ("a", "b"):
+        decision = decide(Facts(ALICE, True, None, {"app": claim}), Lookup.found(identity), policy)
+        assert decision.reason is Reason.CLAIM_MISMATCH
+        assert "no single value for app" in decision.detail
+
+
+def test_consumer_fields_that_are_not_valid_text_name_nobody() -> None:
+    """Found by tests/e2e/test_plugin_fuzz.py: a consumer row whose id was invalid UTF-8
+    (a surrogate-escaped str from the plugin server) was accepted, and its binding tag
+    let the request through."""
+    tag = "cilium-identity:k8s:app=checkout"
+    assert Consumer.from_kong({"id": "checkout\udcff", "tags": [tag]}) is None
+    row = {"id": "c-1", "username": "alice\udcff", "custom_id": "\udcfe", "tags": [tag + "\udcff"]}
+    assert Consumer.from_kong(row) == Consumer("c-1")
