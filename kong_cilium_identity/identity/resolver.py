@@ -36,6 +36,7 @@ class CacheSettings:
     ttl: float = 5.0
     negative_ttl: float = 1.0
     size: int = 65536
+    max_pending: int = 1024  # distinct addresses waiting for the source, per source
 
 
 class CachedSource:
@@ -70,21 +71,35 @@ class CachedSource:
             return Lookup.unavailable(self.name, f"no answer within {timeout:g}s")
 
     def _join_or_start(self, peer: Peer, timeout: float) -> Future[Lookup]:
-        """Called with the lock held. A call that outlived its timeout is not joined."""
+        """Called with the lock held. A call that outlived its timeout is not joined.
+
+        While a source hangs, callers give up after their timeout but their calls stay
+        queued; past ``max_pending`` addresses no more are queued (the answer is an
+        immediate UNAVAILABLE), so a long outage under load cannot grow the queue."""
         now = time.monotonic()
         inflight = self._inflight.get(peer.address)
         if inflight is not None and inflight[1] > now:
             return inflight[0]
+        if inflight is None and len(self._inflight) >= self._settings.max_pending:
+            overloaded: Future[Lookup] = Future()
+            overloaded.set_result(
+                Lookup.unavailable(self.name, f"{len(self._inflight)} lookups already pending")
+            )
+            return overloaded
         ticket = object()
-        future = _WORKERS.submit(self._fetch, peer, timeout, ticket)
-        self._inflight[peer.address] = (future, now + timeout, ticket)
+        deadline = now + timeout
+        future = _WORKERS.submit(self._fetch, peer, timeout, ticket, deadline)
+        self._inflight[peer.address] = (future, deadline, ticket)
         return future
 
-    def _fetch(self, peer: Peer, timeout: float, ticket: object) -> Lookup:
-        try:
-            result = self.inner.lookup(peer, timeout)
-        except Exception as error:  # a source must not raise; if it does, fail closed
-            result = Lookup.unavailable(self.name, f"source raised {error!r}")
+    def _fetch(self, peer: Peer, timeout: float, ticket: object, deadline: float) -> Lookup:
+        if time.monotonic() >= deadline:  # queued behind a hung source: the caller is gone
+            result = Lookup.unavailable(self.name, "lookup waited in the queue past its deadline")
+        else:
+            try:
+                result = self.inner.lookup(peer, timeout)
+            except Exception as error:  # a source must not raise; if it does, fail closed
+                result = Lookup.unavailable(self.name, f"source raised {error!r}")
         with self._lock:
             inflight = self._inflight.get(peer.address)
             if inflight is None or inflight[2] is not ticket:

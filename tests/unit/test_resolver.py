@@ -235,3 +235,34 @@ def test_shared_pool_release_from_inside_create_does_not_deadlock() -> None:
     worker.join(5)
     assert not worker.is_alive()
     assert closed == ["old"] and len(pool) == 1
+
+
+def test_calls_queued_past_their_deadline_never_reach_the_source() -> None:
+    inner = ScriptedSource("s", found(A), delay=0.3)
+    source = cached(inner)
+    results: list[Lookup] = []
+    threads = [
+        threading.Thread(
+            target=lambda n=n: results.append(source.lookup(Peer(f"10.1.0.{n}"), 0.05))
+        )
+        for n in range(40)  # more distinct addresses than the 32 lookup workers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(0.4)  # the 32 running calls finish; the 8 queued ones start late
+    assert all(r.status is LookupStatus.UNAVAILABLE for r in results)
+    assert 0 < inner.calls <= 32  # only calls a worker picked up in time reach the source
+
+
+def test_pending_lookups_are_bounded() -> None:
+    inner = ScriptedSource("s", found(A), delay=0.3)
+    source = CachedSource(inner, CacheSettings(max_pending=4))
+    for n in range(4):
+        source.lookup(Peer(f"10.2.0.{n}"), 0.01)
+    refused = source.lookup(Peer("10.2.0.99"), 1.0)
+    assert refused.status is LookupStatus.UNAVAILABLE and "pending" in refused.detail
+    time.sleep(0.4)
+    assert inner.calls == 4
+    assert source.lookup(Peer("10.2.0.99"), 1.0).status is LookupStatus.FOUND
