@@ -34,7 +34,13 @@ from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver
 from kong_cilium_identity.schema import Config, IpSource, Mode
 from kong_cilium_identity.server import GUARD_CTX_KEY
-from kong_cilium_identity.token import TokenFailure, TokenReason, TokenVerifier, consumer_claim
+from kong_cilium_identity.token import (
+    ConsumerClaim,
+    TokenFailure,
+    TokenReason,
+    TokenVerifier,
+    consumer_claim,
+)
 
 log = logging.getLogger("kong_cilium_identity.decision")
 
@@ -135,7 +141,7 @@ def _decide_for(
     return decide(facts, lookup, config.policy)
 
 
-def _token_consumer(exchange: Exchange, named: Any) -> tuple[Consumer | None, bool]:
+def _token_consumer(exchange: Exchange, named: ConsumerClaim) -> tuple[Consumer | None, bool]:
     """Load and authenticate the consumer a verified token names, as Kong's auth
     plugins do, so acl, rate-limiting and logs see it. (consumer, has_credential)."""
     credential_id = f"cilium-identity-token:{named.value}"

@@ -17,6 +17,7 @@ from kong_cilium_identity.identity import reserved
 from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus
 from kong_cilium_identity.labels import ANY_SOURCE, Label, LabelError, parse_label
 from kong_cilium_identity.selectors import Selector, any_matches, parse_selector
+from kong_cilium_identity.text import valid_text
 
 
 class Reason(enum.StrEnum):
@@ -66,15 +67,15 @@ class Consumer:
         """A consumer from Kong's consumer row; None when there is no usable row."""
         if not isinstance(row, Mapping):
             return None
-        consumer_id = _text_or_none(row.get("id"))
+        consumer_id = valid_text(row.get("id"))
         if consumer_id is None:
             return None
         tags = row.get("tags")
         return cls(
             id=consumer_id,
-            username=_text_or_none(row.get("username")),
-            custom_id=_text_or_none(row.get("custom_id")),
-            tags=tuple(t for t in tags if _text_or_none(t)) if isinstance(tags, list) else (),
+            username=valid_text(row.get("username")),
+            custom_id=valid_text(row.get("custom_id")),
+            tags=tuple(t for t in tags if valid_text(t)) if isinstance(tags, list) else (),
         )
 
     def refs(self) -> tuple[tuple[str, str], ...]:
@@ -85,18 +86,6 @@ class Consumer:
         if self.custom_id:
             pairs.append(("custom_id", self.custom_id))
         return tuple(pairs)
-
-
-def _text_or_none(value: Any) -> str | None:
-    """Non-empty valid text. A plugin server that survives invalid UTF-8 from Kong hands
-    it over with surrogate escapes; such a value names nobody."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value
 
 
 @dataclass(frozen=True, slots=True)

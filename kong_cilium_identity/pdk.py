@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kong_cilium_identity.text import valid_text
+
 
 class PdkError(RuntimeError):
     """Kong answered a PDK call with an error."""
@@ -29,17 +31,8 @@ def call(method: Callable[..., Any], *args: Any) -> Any:
 
 
 def text(value: Any) -> str | None:
-    """A string from Kong, or None when it is absent or not valid UTF-8 text.
-
-    Plugin servers that survive invalid UTF-8 hand it over with surrogate escapes;
-    such a value is never trusted.
-    """
+    """A string from Kong (the first one of a header's value list), or None when it is
+    absent, empty or not valid UTF-8 text."""
     if isinstance(value, list):
         value = value[0] if value else None
-    if not isinstance(value, str):
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value
+    return valid_text(value)

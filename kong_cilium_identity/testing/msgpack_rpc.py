@@ -96,7 +96,7 @@ def fix_result(pdk_method: str, result: Any) -> Any:
     """Apply Kong's ``must_fix`` table (``fix_mmap`` / ``fix_raw``) to a PDK result."""
     if pdk_method in _MMAP_METHODS:
         if not isinstance(result, dict):  # pairs(nil) in Lua
-            raise LuaError(f"bad argument #1 to 'pairs' (table expected, got {_lua_type(result)})")
+            raise LuaError(f"bad argument #1 to 'pairs' (table expected, got {lua_type(result)})")
         return MultiMap(result)
     if pdk_method in _RAW_METHODS:
         if not isinstance(result, bytes | str):
@@ -105,7 +105,8 @@ def fix_result(pdk_method: str, result: Any) -> Any:
     return result
 
 
-def _lua_type(value: Any) -> str:
+def lua_type(value: Any) -> str:
+    """The name Lua's ``type()`` gives a value as Kong would hold it."""
     if value is None:
         return "nil"
     if isinstance(value, bool):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-from kong_cilium_identity.testing.msgpack_rpc import LuaError
+from kong_cilium_identity.testing.msgpack_rpc import LuaError, lua_type
 
 LuaStr = str | bytes
 HeaderValue = LuaStr | list[LuaStr]
@@ -179,28 +179,16 @@ def _header_key(name: LuaStr) -> str:
     return text.lower()
 
 
-def _lua_type(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if _is_str(value):
-        return "string"
-    return "table"
-
-
 def _validate_header(name: Any, value: Any) -> None:
     """``checks.validate_header``: string name; string, number or boolean value."""
     if not _is_str(name):
         raise LuaError(
-            f'invalid header name "{lua_tostring(name)}": got {_lua_type(name)}, expected string'
+            f'invalid header name "{lua_tostring(name)}": got {lua_type(name)}, expected string'
         )
-    if _lua_type(value) not in ("string", "number", "boolean"):
+    if lua_type(value) not in ("string", "number", "boolean"):
         raise LuaError(
             f'invalid header value for "{lua_tostring(name)}": got '
-            f"{_lua_type(value)}, expected string, number or boolean"
+            f"{lua_type(value)}, expected string, number or boolean"
         )
 
 
@@ -211,16 +199,15 @@ def _validate_headers(headers: Any) -> None:
     for name, value in _pairs(headers):
         if not _is_str(name):
             raise LuaError(
-                f'invalid header name "{lua_tostring(name)}": got '
-                f"{_lua_type(name)}, expected string"
+                f'invalid header name "{lua_tostring(name)}": got {lua_type(name)}, expected string'
             )
-        vtype = _lua_type(value)
+        vtype = lua_type(value)
         if vtype == "table":
             for item in _ipairs(value):
                 if not _is_str(item):
                     raise LuaError(
                         f'invalid header value in array "{lua_tostring(name)}": '
-                        f"got {_lua_type(item)}, expected string"
+                        f"got {lua_type(item)}, expected string"
                     )
         elif vtype not in ("string", "number", "boolean"):
             raise LuaError(
@@ -419,7 +406,7 @@ class Pdk:
             return self.saved.request_headers
         limit = 100
         if max_headers is not None:
-            if _lua_type(max_headers) != "number":
+            if lua_type(max_headers) != "number":
                 raise LuaError("max_headers must be a number")
             if max_headers < 1:
                 raise LuaError("max_headers must be >= 1")
@@ -529,7 +516,7 @@ class Pdk:
 
     def response_exit(self, status: Any = None, body: Any = None, headers: Any = None) -> None:
         _check_status(status, 100)
-        if body is not None and _lua_type(body) not in ("string", "table"):
+        if body is not None and lua_type(body) not in ("string", "table"):
             raise LuaError("body must be a nil, string or table")
         out_headers = self._exit_headers(headers)
         payload: bytes | None
@@ -632,7 +619,7 @@ class Pdk:
 
 
 def _check_status(status: Any, low: int) -> None:
-    if _lua_type(status) != "number":
+    if lua_type(status) != "number":
         raise LuaError("code must be a number")
     if not low <= status <= 599:
         raise LuaError(f"code must be a number between {low} and 599")
