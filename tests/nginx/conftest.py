@@ -1,0 +1,75 @@
+"""Fixtures of the nginx rig: a temp prefix, nginx with the Kong stand-in, the plugin server."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.nginx.rig import REPO, Declarative, Nginx, PluginServer, missing_reason, run_dump
+
+_MISSING = missing_reason()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/nginx/" in item.nodeid:
+            item.add_marker(pytest.mark.nginx)
+            if _MISSING is not None:
+                item.add_marker(pytest.mark.skip(reason=_MISSING))
+
+
+@dataclass
+class Rig:
+    nginx: Nginx
+    server: PluginServer
+
+
+RigFactory = Callable[..., Rig]
+
+
+@pytest.fixture(scope="session")
+def dump() -> dict[str, Any]:
+    return run_dump()
+
+
+def shipped_kong_yaml() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "kong.yaml").read_text())
+    return doc
+
+
+@pytest.fixture
+def make_rig(dump: dict[str, Any]) -> Iterator[RigFactory]:
+    """make_rig(doc, read_timeout="60s", start_server=True) -> Rig (nginx running)."""
+    made: list[Rig] = []
+    # a short prefix: Unix socket paths are limited to 107 bytes
+    prefixes: list[Path] = []
+
+    def factory(
+        doc: Mapping[str, Any], *, read_timeout: str = "60s", start_server: bool = True
+    ) -> Rig:
+        prefix = Path(tempfile.mkdtemp(prefix="rig-"))
+        prefixes.append(prefix)
+        server = PluginServer(prefix)
+        nginx = Nginx(
+            prefix, Declarative(doc, dump).to_rig(server.socket), read_timeout=read_timeout
+        )
+        rig = Rig(nginx, server)
+        made.append(rig)
+        if start_server:
+            server.start()
+        nginx.start()
+        return rig
+
+    yield factory
+    for rig in made:
+        rig.nginx.stop()
+        rig.server.close()
+    for prefix in prefixes:
+        shutil.rmtree(prefix, ignore_errors=True)
