@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.nginx.rig import REPO, Declarative, Nginx, PluginServer, missing_reason, run_dump
+from tests.nginx.rig import Declarative, Nginx, PluginServer, missing_reason, run_dump
+from tests.nginx.shipped import CHECKOUT_KEY, REPORTS_POD
 
 _MISSING = missing_reason()
 
@@ -30,6 +30,22 @@ class Rig:
     nginx: Nginx
     server: PluginServer
 
+    def stolen_key_requests(self, n: int) -> list[int]:
+        """n requests with checkout's key from the reports pod: none may ever pass."""
+        return [
+            self.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD).status
+            for _ in range(n)
+        ]
+
+    def warm(self) -> None:
+        """Start the plugin instance in both workers (each has its own instance cache)."""
+        for _ in range(200):
+            status = self.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD).status
+            assert status == 403
+            if self.nginx.counters()["start_instance"] >= 2:
+                return
+        raise AssertionError("one nginx worker never took a request")
+
 
 RigFactory = Callable[..., Rig]
 
@@ -37,11 +53,6 @@ RigFactory = Callable[..., Rig]
 @pytest.fixture(scope="session")
 def dump() -> dict[str, Any]:
     return run_dump()
-
-
-def shipped_kong_yaml() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((REPO / "kong.yaml").read_text())
-    return doc
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import signal
 
 import pytest
 
-from tests.nginx.conftest import Rig, RigFactory, shipped_kong_yaml
-
-CHECKOUT = ("apikey", "checkout-demo-key")
-CHECKOUT_POD = "127.28.0.10"  # kong.yaml's 172.28.0.10, remapped to loopback
-REPORTS_POD = "127.28.0.11"
+from tests.nginx.conftest import RigFactory
+from tests.nginx.shipped import CHECKOUT_KEY as CHECKOUT
+from tests.nginx.shipped import CHECKOUT_POD, REPORTS_POD
+from tests.nginx.shipped import kong_yaml as shipped_kong_yaml
 
 
 def test_allowed_request_reaches_upstream_with_identity_headers(make_rig: RigFactory) -> None:
@@ -47,20 +46,6 @@ def test_missing_key_is_refused_by_key_auth(make_rig: RigFactory) -> None:
     assert rig.nginx.upstream_count() == 0
 
 
-def _stolen_key_requests(rig: Rig, n: int) -> list[int]:
-    """n requests with checkout's key from the reports pod (they must never pass)."""
-    return [rig.nginx.request("/orders/1", [CHECKOUT], source=REPORTS_POD).status for _ in range(n)]
-
-
-def _warm_all_workers(rig: Rig) -> None:
-    """Start the plugin instance in both workers (each has its own cache)."""
-    for _ in range(200):
-        assert rig.nginx.request("/orders/1", [CHECKOUT], source=REPORTS_POD).status == 403
-        if rig.nginx.counters()["start_instance"] >= 2:
-            return
-    raise AssertionError("one nginx worker never took a request")
-
-
 @pytest.mark.parametrize("stop", ["kill", "terminate"])
 def test_kong_fails_open_when_the_server_dies_after_instances_started(
     make_rig: RigFactory, stop: str
@@ -68,9 +53,9 @@ def test_kong_fails_open_when_the_server_dies_after_instances_started(
     """Baseline without the guard, as in real Kong: HandleEvent fails, Kong logs it and
     proxies. Every stolen-key request reaches the upstream."""
     rig = make_rig(shipped_kong_yaml())
-    _warm_all_workers(rig)
+    rig.warm()
     getattr(rig.server, stop)()
-    statuses = _stolen_key_requests(rig, 10)
+    statuses = rig.stolen_key_requests(10)
     assert statuses == [200] * 10
     assert rig.nginx.upstream_count() == 10
     assert "trying to connect" in rig.nginx.error_log()
@@ -79,7 +64,7 @@ def test_kong_fails_open_when_the_server_dies_after_instances_started(
 def test_kong_answers_500_when_no_instance_was_ever_started(make_rig: RigFactory) -> None:
     """Server never started: StartInstance fails, error() -> 500; nothing is proxied."""
     rig = make_rig(shipped_kong_yaml(), start_server=False)
-    statuses = _stolen_key_requests(rig, 6)
+    statuses = rig.stolen_key_requests(6)
     assert statuses == [500] * 6
     assert rig.nginx.upstream_count() == 0
     assert "starting instance" in rig.nginx.error_log()
@@ -91,10 +76,10 @@ def test_kong_fails_open_after_the_socket_read_timeout_when_stopped(
     """SIGSTOP: the call times out (lua_socket_read_timeout, Kong's 60 s shortened to 1 s),
     Kong logs it and proxies."""
     rig = make_rig(shipped_kong_yaml(), read_timeout="1s")
-    _warm_all_workers(rig)
+    rig.warm()
     rig.server.signal(signal.SIGSTOP)
     try:
-        statuses = _stolen_key_requests(rig, 3)
+        statuses = rig.stolen_key_requests(3)
     finally:
         rig.server.signal(signal.SIGCONT)
     assert statuses == [200] * 3

@@ -1,0 +1,98 @@
+"""With the guard configured, no request reaches the upstream without a decision from the
+plugin server: server killed, terminated, stopped, never started or flooded, on every
+shipped configuration. Each test counts what the real upstream received."""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.nginx.conftest import Rig, RigFactory
+from tests.nginx.peers import NonReadingPeer
+from tests.nginx.shipped import (
+    CHECKOUT_KEY,
+    CHECKOUT_POD,
+    REPORTS_POD,
+    shipped_configs,
+    with_guard,
+)
+
+CONFIGS = shipped_configs()
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return with_guard(CONFIGS[request.param])
+
+
+def test_guarded_allow_and_deny(make_rig: RigFactory, config: dict[str, Any]) -> None:
+    rig = make_rig(config)
+    allowed = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=CHECKOUT_POD)
+    assert allowed.status == 200, allowed
+    assert rig.nginx.upstream_count() == 1
+    denied = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD)
+    assert denied.status == 403, denied
+    assert rig.nginx.upstream_count() == 1
+
+
+@pytest.mark.parametrize("stop", ["kill", "terminate"])
+def test_dead_server_lets_nothing_through(
+    make_rig: RigFactory, config: dict[str, Any], stop: str
+) -> None:
+    rig = make_rig(config)
+    rig.warm()
+    before = rig.nginx.upstream_count()
+    getattr(rig.server, stop)()
+    assert rig.stolen_key_requests(10) == [503] * 10
+    legit = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=CHECKOUT_POD)
+    assert legit.status == 503
+    assert rig.nginx.upstream_count() == before == 0
+
+
+def test_stopped_server_lets_nothing_through(make_rig: RigFactory, config: dict[str, Any]) -> None:
+    rig = make_rig(config, read_timeout="1s")
+    rig.warm()
+    rig.server.signal(signal.SIGSTOP)
+    try:
+        statuses = rig.stolen_key_requests(3)
+        legit = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=CHECKOUT_POD)
+    finally:
+        rig.server.signal(signal.SIGCONT)
+    assert statuses == [503] * 3
+    assert legit.status == 503
+    assert rig.nginx.upstream_count() == 0
+
+
+def test_never_started_server_lets_nothing_through(
+    make_rig: RigFactory, config: dict[str, Any]
+) -> None:
+    rig = make_rig(config, start_server=False)
+    assert rig.stolen_key_requests(6) == [500] * 6
+    legit = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=CHECKOUT_POD)
+    assert legit.status == 500
+    assert rig.nginx.upstream_count() == 0
+
+
+def _stolen(rig: Rig) -> int:
+    return rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD).status
+
+
+def test_flooded_server_lets_nothing_through(make_rig: RigFactory, config: dict[str, Any]) -> None:
+    """200 concurrent stolen-key requests while 5 local peers flood the socket with
+    requests and never read a reply: every request is refused, none is proxied."""
+    rig = make_rig(config, read_timeout="1s")
+    peers = [NonReadingPeer(rig.server.socket) for _ in range(5)]
+    try:
+        for peer in peers:
+            peer.flood()
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            statuses = list(pool.map(lambda _: _stolen(rig), range(200)))
+    finally:
+        for peer in peers:
+            peer.close()
+    tally = {status: statuses.count(status) for status in set(statuses)}
+    assert set(statuses) <= {403, 500, 503}, tally
+    assert rig.nginx.upstream_count() == 0
