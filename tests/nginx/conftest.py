@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.nginx.rig import Declarative, Nginx, PluginServer, missing_reason, run_dump
-from tests.nginx.shipped import CHECKOUT_KEY, REPORTS_POD
+from tests.nginx.shipped import CHECKOUT_KEY, INSTALLED, REPORTS_POD
 
 _MISSING = missing_reason()
 
@@ -57,19 +57,26 @@ def dump() -> dict[str, Any]:
 
 @pytest.fixture
 def make_rig(dump: dict[str, Any]) -> Iterator[RigFactory]:
-    """make_rig(doc, read_timeout="60s", start_server=True) -> Rig (nginx running)."""
+    """make_rig(doc, read_timeout="60s", start_server=True, installed=INSTALLED) -> Rig
+    (nginx running; ``installed`` is KONG_PLUGINS)."""
     made: list[Rig] = []
     # a short prefix: Unix socket paths are limited to 107 bytes
     prefixes: list[Path] = []
 
     def factory(
-        doc: Mapping[str, Any], *, read_timeout: str = "60s", start_server: bool = True
+        doc: Mapping[str, Any],
+        *,
+        read_timeout: str = "60s",
+        start_server: bool = True,
+        installed: tuple[str, ...] = INSTALLED,
     ) -> Rig:
         prefix = Path(tempfile.mkdtemp(prefix="rig-"))
         prefixes.append(prefix)
         server = PluginServer(prefix)
         nginx = Nginx(
-            prefix, Declarative(doc, dump).to_rig(server.socket), read_timeout=read_timeout
+            prefix,
+            Declarative(doc, dump, installed).to_rig(server.socket),
+            read_timeout=read_timeout,
         )
         rig = Rig(nginx, server)
         made.append(rig)

@@ -111,6 +111,8 @@ class Declarative:
 
     doc: Mapping[str, Any]
     dump: Mapping[str, Any]
+    # KONG_PLUGINS: Kong loads every installed Lua plugin at start, configured or not
+    installed: tuple[str, ...] = ()
     seq: int = 1
 
     def consumers(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -198,6 +200,7 @@ class Declarative:
             "routes": self.routes(),
             "consumers": consumers,
             "credentials": credentials,
+            "installed": list(self.installed),
             "servers": {self.dump["Name"]: {"socket": str(socket_path), "info": dict(self.dump)}},
         }
 
@@ -362,6 +365,7 @@ http {{
     lua_socket_connect_timeout {read_timeout};
     lua_socket_log_errors off;
     init_by_lua_block {{ require("rig.main").init("{prefix}/rig.json") }}
+    init_worker_by_lua_block {{ require("rig.main").init_worker() }}
 
     upstream rig_upstream {{
         server 127.0.0.1:{upstream_port};

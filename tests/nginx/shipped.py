@@ -11,7 +11,9 @@ import yaml
 from tests.nginx.rig import REPO
 
 PLUGIN = "cilium-identity"
-GUARD = "rig-test-guard"
+GUARD = "cilium-identity-guard"
+# KONG_PLUGINS as the project documents it: bundled,cilium-identity,cilium-identity-guard
+INSTALLED = ("key-auth", PLUGIN, GUARD)
 
 CHECKOUT_KEY = ("apikey", "checkout-demo-key")
 CHECKOUT_POD = "127.28.0.10"  # kong.yaml's 172.28.0.10, remapped to loopback by the rig
@@ -38,8 +40,5 @@ def with_guard(doc: dict[str, Any]) -> dict[str, Any]:
         plugins = holder.get("plugins") or []
         names = {plugin["name"] for plugin in plugins}
         if PLUGIN in names and GUARD not in names:
-            for plugin in plugins:
-                if plugin["name"] == PLUGIN:
-                    plugin.setdefault("config", {})["guard_marker"] = True
             plugins.append({"name": GUARD})
     return out

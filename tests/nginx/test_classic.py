@@ -13,7 +13,7 @@ import pytest
 
 from tests.nginx.conftest import RigFactory
 from tests.nginx.shipped import CHECKOUT_KEY as CHECKOUT
-from tests.nginx.shipped import CHECKOUT_POD, REPORTS_POD
+from tests.nginx.shipped import CHECKOUT_POD, INSTALLED, REPORTS_POD
 from tests.nginx.shipped import kong_yaml as shipped_kong_yaml
 
 
@@ -46,13 +46,17 @@ def test_missing_key_is_refused_by_key_auth(make_rig: RigFactory) -> None:
     assert rig.nginx.upstream_count() == 0
 
 
+@pytest.mark.parametrize(
+    "installed", [INSTALLED, INSTALLED[:2]], ids=["guard-installed", "no-guard"]
+)
 @pytest.mark.parametrize("stop", ["kill", "terminate"])
 def test_kong_fails_open_when_the_server_dies_after_instances_started(
-    make_rig: RigFactory, stop: str
+    make_rig: RigFactory, stop: str, installed: tuple[str, ...]
 ) -> None:
-    """Baseline without the guard, as in real Kong: HandleEvent fails, Kong logs it and
-    proxies. Every stolen-key request reaches the upstream."""
-    rig = make_rig(shipped_kong_yaml())
+    """Baseline without the guard configured on the route, as in real Kong: HandleEvent
+    fails, Kong logs it and proxies. Every stolen-key request reaches the upstream, whether
+    the guard is installed in Kong (KONG_PLUGINS) or not: installing it is not enough."""
+    rig = make_rig(shipped_kong_yaml(), installed=installed)
     rig.warm()
     getattr(rig.server, stop)()
     statuses = rig.stolen_key_requests(10)

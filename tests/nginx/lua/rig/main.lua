@@ -23,10 +23,18 @@ local function read_json(path)
   return assert(cjson.decode(text))
 end
 
-local function lua_plugin(name)
-  local handler = require("kong.plugins." .. name .. ".handler")
-  local ok, plugin_schema = pcall(require, "kong.plugins." .. name .. ".schema")
-  return handler, ok and plugin_schema or nil
+-- Kong loads every installed plugin's handler and schema at start (KONG_PLUGINS), whether a
+-- route configures it or not; loading may install PDK extensions on `kong`.
+local installed = {}
+
+local function load_installed(names, servers)
+  for _, name in ipairs(names) do
+    if not servers[name] and name ~= "key-auth" then
+      local handler = require("kong.plugins." .. name .. ".handler")
+      local ok, plugin_schema = pcall(require, "kong.plugins." .. name .. ".schema")
+      installed[name] = { handler = handler, schema = ok and plugin_schema or nil }
+    end
+  end
 end
 
 local function load_plugins(route, servers)
@@ -38,8 +46,10 @@ local function load_plugins(route, servers)
       handler = bridge.new(server.info, server.socket, kong)
     elseif entry.name == "key-auth" then
       handler = keyauth
+    elseif installed[entry.name] then
+      handler, plugin_schema = installed[entry.name].handler, installed[entry.name].schema
     else
-      handler, plugin_schema = lua_plugin(entry.name)
+      error("plugin '" .. entry.name .. "' is not installed (KONG_PLUGINS)")
     end
     local conf = entry.config
     if plugin_schema then
@@ -68,9 +78,18 @@ function M.init(path)
   end
   _G.kong = pdk.new(state)
   keyauth.bind(state)
+  load_installed(config.installed or {}, config.servers)
   for _, route in ipairs(config.routes) do
     route.runtime_plugins = load_plugins(route, config.servers)
     state.routes[#state.routes + 1] = route
+  end
+end
+
+function M.init_worker()
+  for _, plugin in pairs(installed) do
+    if plugin.handler.init_worker then
+      plugin.handler:init_worker()
+    end
   end
 end
 
