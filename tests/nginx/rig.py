@@ -8,6 +8,7 @@ upstream recorded.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -66,6 +68,17 @@ def missing_reason() -> str | None:
         if modules is None or not (modules / module).exists():
             return f"nginx module {module} is missing (Debian: libnginx-mod-http-lua)"
     return None
+
+
+@functools.cache
+def supports_max_headers(nginx: str) -> bool:
+    """Debian backported nginx's ``max_headers`` (1,000 header lines by default); Kong's
+    OpenResty (nginx 1.25) has no such limit, so the rig lifts it where it exists."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "probe.conf"
+        conf.write_text("events {}\nhttp { max_headers 10; }\n")
+        args = [nginx, "-t", "-p", tmp, "-e", str(Path(tmp) / "error.log"), "-c", str(conf)]
+        return subprocess.run(args, capture_output=True, check=False).returncode == 0
 
 
 def free_port() -> int:
@@ -181,7 +194,14 @@ class Declarative:
                         __key__=f"plugins:{name}:{route_id}::::",
                         __seq__=self.seq,
                     )
-                    entries.append({"id": plugin_id, "name": name, "config": conf})
+                    entries.append(
+                        {
+                            "id": plugin_id,
+                            "name": name,
+                            "config": conf,
+                            "config_json": json.dumps(conf),
+                        }
+                    )
                 routes.append(
                     {
                         "id": route_id,
@@ -356,6 +376,7 @@ http {{
     # big enough for 5,000 header lines
     client_header_buffer_size 16k;
     large_client_header_buffers 64 32k;
+    {max_headers}
     lua_package_path "{rig_lua}/?.lua;{package_lua}/?.lua;{package_lua}/?/init.lua;;";
     lua_shared_dict rig 16m;
     lua_shared_dict upstream 64m;
@@ -423,6 +444,7 @@ class Nginx:
             rig_lua=RIG_LUA,
             package_lua=PACKAGE_LUA,
             read_timeout=self.read_timeout,
+            max_headers="max_headers 10000;" if supports_max_headers(nginx) else "",
             proxy_port=self.proxy_port,
             upstream_port=self.upstream_port,
         )

@@ -236,10 +236,19 @@ function M.reset_instances(name)
   reset_instances_for_plugin(name)
 end
 
+-- Kong's StartInstance carries cjson.encode(conf), where Kong's config arrays keep cjson's
+-- array metatable (an empty one encodes as []). Debian's lua-cjson has no array metatable,
+-- so the rig sends the JSON text Python made for the same table.
+local config_json = setmetatable({}, { __mode = "k" })
+
+function M.remember_json(conf, text)
+  config_json[conf] = text
+end
+
 function Rpc:start_instance(plugin_name, conf)
   local status, err = self:call("plugin.StartInstance", {
     Name = plugin_name,
-    Config = cjson.encode(conf),
+    Config = config_json[conf] or cjson.encode(conf),
   })
   if status == nil then
     return nil, err

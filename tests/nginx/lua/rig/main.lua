@@ -44,6 +44,7 @@ local function load_plugins(route, servers)
     if servers[entry.name] then
       local server = servers[entry.name]
       handler = bridge.new(server.info, server.socket, kong)
+      bridge.remember_json(entry.config, entry.config_json)
     elseif entry.name == "key-auth" then
       handler = keyauth
     elseif installed[entry.name] then
