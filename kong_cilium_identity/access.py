@@ -37,6 +37,7 @@ from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver
 from kong_cilium_identity.schema import Config, IpSource, Mode
+from kong_cilium_identity.text import valid_text
 from kong_cilium_identity.token import (
     ConsumerClaim,
     TokenFailure,
@@ -117,7 +118,7 @@ class Exchange:
 
     def client_ip(self, config: Config) -> str | None:
         if self.native is not None:
-            return pdk.text(self.native.get("ip"))
+            return _text(self.native.get("ip"))
         client = self.kong.client
         forwarded = config.ip_source is IpSource.FORWARDED
         return pdk.text(pdk.call(client.get_forwarded_ip if forwarded else client.get_ip))
@@ -136,8 +137,13 @@ class Exchange:
     def kong_jwt(self) -> str | None:
         """The token Kong's jwt plugin verified (``kong.ctx.shared``), if any."""
         if self.native is not None:
-            return pdk.text(self.native.get("jwt"))
+            return _text(self.native.get("jwt"))
         return pdk.text(pdk.call(self.kong.ctx.shared.get, KONG_JWT_CTX_KEY))
+
+
+def _text(value: Any) -> str | None:
+    """A single string from the companion's facts (no list unwrapping: strict shapes)."""
+    return valid_text(value) if isinstance(value, str) else None
 
 
 def _port(value: Any) -> int | None:

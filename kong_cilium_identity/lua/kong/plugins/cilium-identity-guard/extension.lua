@@ -77,11 +77,17 @@ local function facts(spec)
   local forwarded = spec.ip_source == "forwarded"
   local client = kong.client
 
+  local ip
+  if forwarded then
+    ip = client.get_forwarded_ip()
+  else
+    ip = client.get_ip()
+  end
   local result = {
     v = 1,
     consumer = client.get_consumer() or false,
     credential = client.get_credential() ~= nil,
-    ip = text(forwarded and client.get_forwarded_ip() or client.get_ip()),
+    ip = text(ip),
     forged = clear_prefixed(headers, prefix),
     tokens = {},
     jwt = false,
@@ -93,7 +99,13 @@ local function facts(spec)
     result.jwt = text(kong.ctx.shared[JWT_CTX_KEY])
   end
   if spec.ports then
-    result.port = (forwarded and client.get_forwarded_port() or client.get_port()) or false
+    local port
+    if forwarded then
+      port = client.get_forwarded_port()
+    else
+      port = client.get_port()
+    end
+    result.port = port or false
     result.server_port = kong.request.get_port() or false
   end
   return result
