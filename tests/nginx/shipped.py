@@ -30,15 +30,28 @@ def shipped_configs() -> dict[str, dict[str, Any]]:
     return {"kong.yaml": kong_yaml()}
 
 
-def with_guard(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` with the guard next to every cilium-identity plugin that lacks it."""
-    out = copy.deepcopy(doc)
-    holders = [out, *(out.get("services") or [])]
-    for service in out.get("services") or []:
-        holders += service.get("routes") or []
-    for holder in holders:
-        plugins = holder.get("plugins") or []
-        names = {plugin["name"] for plugin in plugins}
+def _plugin_holders(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    holders = [("global", doc)]
+    for service in doc.get("services") or []:
+        holders.append((f"service {service.get('name')}", service))
+        holders += [(f"route {route.get('name')}", route) for route in service.get("routes") or []]
+    return holders
+
+
+def guard_gaps(doc: dict[str, Any]) -> list[str]:
+    """Where ``doc`` enables cilium-identity without the guard beside it."""
+    gaps = []
+    for where, holder in _plugin_holders(doc):
+        names = {plugin["name"] for plugin in holder.get("plugins") or []}
         if PLUGIN in names and GUARD not in names:
-            plugins.append({"name": GUARD})
+            gaps.append(where)
+    return gaps
+
+
+def without_guard(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as it was before the guard, or as a user who forgot it has it."""
+    out = copy.deepcopy(doc)
+    for _, holder in _plugin_holders(out):
+        if "plugins" in holder:
+            holder["plugins"] = [p for p in holder["plugins"] if p["name"] != GUARD]
     return out

@@ -2,19 +2,25 @@
 
 These tests pin the rig to Kong 3.9: with the plugin server up, cilium-identity allows and
 denies; with it killed after the instance started, Kong logs the error and PROXIES the
-request (fail open). That baseline is what the guard (test_fail_closed.py) must change.
+request (fail open). That baseline (kong.yaml with the guard taken out) is what the guard
+(test_fail_closed.py) changes.
 """
 
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import pytest
 
 from tests.nginx.conftest import RigFactory
 from tests.nginx.shipped import CHECKOUT_KEY as CHECKOUT
-from tests.nginx.shipped import CHECKOUT_POD, INSTALLED, REPORTS_POD
-from tests.nginx.shipped import kong_yaml as shipped_kong_yaml
+from tests.nginx.shipped import CHECKOUT_POD, INSTALLED, REPORTS_POD, kong_yaml, without_guard
+
+
+def shipped_kong_yaml() -> dict[str, Any]:
+    """kong.yaml without the guard: the baseline the guard has to change."""
+    return without_guard(kong_yaml())
 
 
 def test_allowed_request_reaches_upstream_with_identity_headers(make_rig: RigFactory) -> None:

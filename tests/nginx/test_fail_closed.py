@@ -16,8 +16,8 @@ from tests.nginx.shipped import (
     CHECKOUT_KEY,
     CHECKOUT_POD,
     REPORTS_POD,
+    guard_gaps,
     shipped_configs,
-    with_guard,
 )
 
 CONFIGS = shipped_configs()
@@ -25,7 +25,12 @@ CONFIGS = shipped_configs()
 
 @pytest.fixture(params=sorted(CONFIGS))
 def config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return with_guard(CONFIGS[request.param])
+    return CONFIGS[request.param]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_shipped_config_puts_the_guard_wherever_cilium_identity_is(name: str) -> None:
+    assert guard_gaps(CONFIGS[name]) == []
 
 
 def test_guarded_allow_and_deny(make_rig: RigFactory, config: dict[str, Any]) -> None:

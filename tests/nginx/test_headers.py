@@ -12,7 +12,7 @@ import pytest
 
 from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from tests.nginx.conftest import RigFactory
-from tests.nginx.shipped import CHECKOUT_KEY, CHECKOUT_POD, PLUGIN, kong_yaml, with_guard
+from tests.nginx.shipped import CHECKOUT_KEY, CHECKOUT_POD, PLUGIN, kong_yaml
 
 # http_request sends Host and Connection first
 FIXED_LINES = 2
@@ -31,7 +31,7 @@ def cilium_lines(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("total", [99, 100, 101, 1000, 5000])
 def test_forged_cilium_headers_last_never_reach_upstream(make_rig: RigFactory, total: int) -> None:
-    rig = make_rig(with_guard(kong_yaml()))
+    rig = make_rig(kong_yaml())
     headers = [CHECKOUT_KEY, *fillers(total - FIXED_LINES - 1 - len(FORGED)), *FORGED]
     assert len(headers) + FIXED_LINES == total
     reply = rig.nginx.request("/orders/1", headers, source=CHECKOUT_POD)
@@ -53,7 +53,7 @@ def issuer() -> Iterator[FakeIssuer]:
 
 
 def with_token_check(issuer: FakeIssuer) -> dict[str, Any]:
-    doc = copy.deepcopy(with_guard(kong_yaml()))
+    doc = copy.deepcopy(kong_yaml())
     for service in doc["services"]:
         for route in service["routes"]:
             for plugin in route.get("plugins") or []:
