@@ -394,7 +394,8 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{proxy_port};
+        # Kong's default proxy_listen has reuseport: connections spread over the workers
+        listen 127.0.0.1:{proxy_port} reuseport;
         location / {{
             set $upstream_uri '';
             access_by_lua_block {{ require("rig.main").access() }}

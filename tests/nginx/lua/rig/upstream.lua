@@ -50,10 +50,18 @@ function M.control()
     end
     return send_json(out)
   elseif what == "counters" then
+    local rig = ngx.shared.rig
+    local by_method = {}
+    for _, key in ipairs(rig:get_keys(0)) do
+      if key:sub(1, 4) == "rpc:" then
+        by_method[key:sub(5)] = rig:get(key)
+      end
+    end
     return send_json({
-      rpc = ngx.shared.rig:get("rpc") or 0,
-      start_instance = ngx.shared.rig:get("rpc:plugin.StartInstance") or 0,
-      handle_event = ngx.shared.rig:get("rpc:plugin.HandleEvent") or 0,
+      rpc = rig:get("rpc") or 0,
+      start_instance = by_method["plugin.StartInstance"] or 0,
+      handle_event = by_method["plugin.HandleEvent"] or 0,
+      by_method = next(by_method) and by_method or cjson.empty_object,
       upstream = dict:get("count") or 0,
     })
   elseif what:sub(1, 10) == "serialize/" then
