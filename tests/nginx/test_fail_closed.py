@@ -54,7 +54,12 @@ def test_dead_server_lets_nothing_through(
     assert rig.stolen_key_requests(10) == [503] * 10
     legit = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=CHECKOUT_POD)
     assert legit.status == 503
+    assert legit.json()["message"] == "Service unavailable (no_decision)"
     assert rig.nginx.upstream_count() == before == 0
+    request_id = legit.header("X-Kong-Request-Id")
+    assert request_id is not None
+    logged = rig.nginx.serialized(request_id)
+    assert logged == {"cilium_identity": {"decision": "deny", "reason": "no_decision"}}
 
 
 def test_stopped_server_lets_nothing_through(make_rig: RigFactory, config: dict[str, Any]) -> None:
