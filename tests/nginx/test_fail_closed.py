@@ -106,3 +106,20 @@ def test_flooded_server_lets_nothing_through(make_rig: RigFactory, config: dict[
     tally = {status: statuses.count(status) for status in set(statuses)}
     assert set(statuses) <= {403, 500, 503}, tally
     assert rig.nginx.upstream_count() == 0
+
+
+def test_restarted_server_is_used_again_through_kongs_instance_reset(
+    make_rig: RigFactory, config: dict[str, Any]
+) -> None:
+    """After a restart the cached instance ids are unknown to the new process: Kong's
+    "no plugin instance" path resets and restarts them, and decisions resume."""
+    rig = make_rig(config)
+    rig.warm()
+    rig.server.kill()
+    assert rig.stolen_key_requests(2) == [503, 503]
+    rig.server.start()
+    assert rig.stolen_key_requests(4) == [403] * 4
+    legit = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=CHECKOUT_POD)
+    assert legit.status == 200, legit
+    assert rig.nginx.upstream_count() == 1
+    assert "no plugin instance" in rig.nginx.error_log()
