@@ -94,3 +94,18 @@ def test_kong_fails_open_after_the_socket_read_timeout_when_stopped(
         rig.server.signal(signal.SIGCONT)
     assert statuses == [200] * 3
     assert rig.nginx.upstream_count() == 3
+
+
+def test_without_the_companion_a_forged_header_past_line_1000_reaches_upstream(
+    make_rig: RigFactory,
+) -> None:
+    """Kong shows a plugin at most 1,000 header lines (kong.request.get_headers(1000)), so
+    the Python plugin alone cannot see, and clear, a forged header at line 5,000. This is
+    the window the guard's native clearing closes (test_headers.py)."""
+    rig = make_rig(shipped_kong_yaml(), installed=INSTALLED[:2])
+    fillers = [(f"X-Filler-{i:04d}", "f") for i in range(4996)]
+    headers = [CHECKOUT, *fillers, ("X-Cilium-Pod-Uid", "forged")]
+    reply = rig.nginx.request("/orders/1", headers, source=CHECKOUT_POD)
+    assert reply.status == 200
+    [record] = rig.nginx.upstream_requests()
+    assert ["X-Cilium-Pod-Uid", "forged"] in record["headers"]
