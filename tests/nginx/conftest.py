@@ -18,8 +18,9 @@ _MISSING = missing_reason()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
     for item in items:
-        if "tests/nginx/" in item.nodeid:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.nginx)
             if _MISSING is not None:
                 item.add_marker(pytest.mark.skip(reason=_MISSING))

@@ -308,7 +308,8 @@ local function handle_event(self, conf, phase)
     _, err = bridge_loop(self, instance_id, phase)
   end
   if err then
-    if tostring(err):lower():find("no plugin instance", 1, true) then
+    -- err:lower() raises on a non-string error (a table from the server), as in Kong
+    if err:lower():find("no plugin instance", 1, true) then
       reset_instances_for_plugin(self.name)
       kong.log.warn(err)
       return handle_event(self, conf, phase)
