@@ -16,6 +16,7 @@ GUARD = "cilium-identity-guard"
 INSTALLED = ("key-auth", PLUGIN, GUARD)
 
 CHECKOUT_KEY = ("apikey", "checkout-demo-key")
+REPORTS_KEY = ("apikey", "reports-demo-key")
 CHECKOUT_POD = "127.28.0.10"  # kong.yaml's 172.28.0.10, remapped to loopback by the rig
 REPORTS_POD = "127.28.0.11"
 

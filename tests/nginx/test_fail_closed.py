@@ -15,6 +15,7 @@ from tests.nginx.peers import NonReadingPeer
 from tests.nginx.shipped import (
     CHECKOUT_KEY,
     CHECKOUT_POD,
+    REPORTS_KEY,
     REPORTS_POD,
     guard_gaps,
     shipped_configs,
@@ -41,6 +42,10 @@ def test_guarded_allow_and_deny(make_rig: RigFactory, config: dict[str, Any]) ->
     denied = rig.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD)
     assert denied.status == 403, denied
     assert rig.nginx.upstream_count() == 1
+    # reports is bound by a consumer tag: the tags travel through Kong's msgpack encoding
+    tagged = rig.nginx.request("/orders/1", [REPORTS_KEY], source=REPORTS_POD)
+    assert tagged.status == 200, tagged
+    assert rig.nginx.upstream_count() == 2
 
 
 @pytest.mark.parametrize("stop", ["kill", "terminate"])
