@@ -237,14 +237,6 @@ function M.new(rig)
     return tonumber(ngx.var.server_port)
   end
 
-  function kong.request.get_path()
-    return ngx.var.uri
-  end
-
-  function kong.request.get_method()
-    return ngx.req.get_method()
-  end
-
   -- kong.service.request --------------------------------------------------------------------
   function kong.service.request.set_header(name, value)
     if type(name) ~= "string" then
@@ -256,16 +248,6 @@ function M.new(rig)
             .. ", expected string, number or boolean", 2)
     end
     ngx.req.set_header(name, tostring(value))
-  end
-
-  function kong.service.request.add_header(name, value)
-    if type(name) ~= "string" then
-      error("header name must be a string", 2)
-    end
-    local current = ngx.req.get_headers(0)[name]
-    local values = type(current) == "table" and current or { current }
-    values[#values + 1] = tostring(value)
-    ngx.req.set_header(name, values)
   end
 
   function kong.service.request.clear_header(name)
@@ -292,10 +274,6 @@ function M.new(rig)
   -- kong.response ---------------------------------------------------------------------------
   kong.response.exit = exit
   kong.response.error = error_response
-
-  function kong.response.set_header(name, value)
-    ngx.header[name] = value
-  end
 
   -- kong.log ---------------------------------------------------------------------------------
   kong.log.err = namespaced(ngx.ERR)
@@ -357,7 +335,6 @@ function M.new(rig)
   return kong
 end
 
-M.send = send
 M.request_id = request_id
 
 return M
