@@ -62,7 +62,9 @@ def kic_plugin(kind: str, name: str) -> dict[str, Any]:
 
 def shipped_plugin_configs() -> list[tuple[str, dict[str, Any]]]:
     """(where, config) of every cilium-identity configuration the project ships."""
-    configs = [(f"kong.yaml {where}", config) for where, config in plugin_configs(load_yaml(KONG_YAML))]
+    configs = [
+        (f"kong.yaml {where}", config) for where, config in plugin_configs(load_yaml(KONG_YAML))
+    ]
     for kind in ("KongPlugin", "KongClusterPlugin"):
         for plugin in of_kind(kind):
             if plugin["plugin"] == PLUGIN:

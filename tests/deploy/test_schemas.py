@@ -54,10 +54,13 @@ def schema(name: str) -> dict[str, Any]:
 def errors(schema_document: dict[str, Any], instance: Any) -> list[str]:
     declared = schema_document.get("$schema", "")
     # the compose spec writes draft-07 without the trailing '#' that jsonschema looks up
-    validator_class = jsonschema.Draft4Validator if "draft-04" in declared else jsonschema.Draft7Validator
+    validator_class = (
+        jsonschema.Draft4Validator if "draft-04" in declared else jsonschema.Draft7Validator
+    )
     validator = validator_class(schema_document)
     return [
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(instance)
     ]
 
 
@@ -87,7 +90,7 @@ def test_custom_resources_validate_against_their_crd_schemas() -> None:
 
 def test_core_kinds_validate_with_kubernetes_validate() -> None:
     checked = 0
-    for where, document in manifests():
+    for _, document in manifests():
         if (document["apiVersion"], document["kind"]) in CORE_KINDS:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
             checked += 1
@@ -98,7 +101,10 @@ def test_validators_catch_broken_documents() -> None:
     """The same checks refuse a broken copy of each shipped kind (they are not vacuous)."""
     require_schemas()
     plugin = next(d for _, d in manifests() if d["kind"] == "KongPlugin")
-    assert errors(schema(CRD_SCHEMAS[("configuration.konghq.com/v1", "KongPlugin")]), {**plugin, "config": "mode=enforce"})
+    assert errors(
+        schema(CRD_SCHEMAS[("configuration.konghq.com/v1", "KongPlugin")]),
+        {**plugin, "config": "mode=enforce"},
+    )
     policy = copy.deepcopy(next(d for _, d in manifests() if d["kind"] == "CiliumNetworkPolicy"))
     policy["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["protocol"] = "TCPX"
     assert errors(schema(CRD_SCHEMAS[("cilium.io/v2", "CiliumNetworkPolicy")]), policy)
