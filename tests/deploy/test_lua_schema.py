@@ -1,13 +1,16 @@
 """``schema --lua`` writes the schema the plugin server reports to Kong, field by field.
 
-The Lua text is read back with the project's own small reader (tests/deploy/lua_table.py),
-not run by a Lua interpreter: it checks the subset the writer produces, strictly."""
+Two readings of the Lua text: the project's own small reader (tests/deploy/lua_table.py),
+which checks the subset the writer produces strictly, key order included; and, where
+nginx's Lua module is installed, the real LuaJIT loading the file."""
 
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +104,88 @@ def test_reader_rejects_what_it_does_not_know() -> None:
 def test_documented_konnect_file_name() -> None:
     text = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
     assert "kong-cilium-identity schema --lua > schema.lua" in text
+
+
+# ---------------------------------------------------------------- under nginx's LuaJIT
+
+NGINX = Path("/usr/sbin/nginx")
+NGINX_MODULES = Path("/usr/lib/nginx/modules")
+LOADER = r"""
+load_module MODULES/ndk_http_module.so;
+load_module MODULES/ngx_http_lua_module.so;
+pid nginx.pid;
+events {}
+http {
+  init_by_lua_block {
+    -- Kong's typedefs module is not here: a stand-in whose value names the typedef
+    package.preload["kong.db.schema.typedefs"] = function()
+      return { protocols_http = { typedef = "protocols_http" } }
+    end
+    local function encode(value)
+      local kind = type(value)
+      if kind == "table" then
+        if next(value) == nil then return "[]" end
+        local parts = {}
+        if #value > 0 then
+          for i = 1, #value do parts[i] = encode(value[i]) end
+          return "[" .. table.concat(parts, ",") .. "]"
+        end
+        for key, item in pairs(value) do parts[#parts + 1] = encode(key) .. ":" .. encode(item) end
+        return "{" .. table.concat(parts, ",") .. "}"
+      elseif kind == "string" then
+        return '"' .. value:gsub('[%c"\\]', function(c)
+          return string.format("\\u%04x", c:byte())
+        end) .. '"'
+      elseif kind == "number" then
+        return string.format("%.17g", value)
+      end
+      return tostring(value)
+    end
+    local ok, result = pcall(dofile, "SCHEMA")
+    local out = io.open("OUT", "w")
+    out:write(ok and encode(result) or ("ERROR " .. tostring(result)))
+    out:close()
+    os.exit(0)
+  }
+}
+"""
+
+
+def test_schema_lua_loads_under_nginx_luajit(tmp_path: Path) -> None:
+    """The real LuaJIT of nginx's Lua module loads the file; the table it returns equals
+    the dumped schema (key order aside, which the reader above checks)."""
+    modules = [NGINX_MODULES / "ndk_http_module.so", NGINX_MODULES / "ngx_http_lua_module.so"]
+    if not NGINX.exists() or not all(m.exists() for m in modules):
+        pytest.skip("nginx with libnginx-mod-http-lua is not installed (.ci/run installs it)")
+    schema_file, out = tmp_path / "schema.lua", tmp_path / "out.json"
+    schema_file.write_text(cli_lua())
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        LOADER.replace("MODULES", str(NGINX_MODULES))
+        .replace("SCHEMA", str(schema_file))
+        .replace("OUT", str(out))
+    )
+    done = subprocess.run(
+        [
+            str(NGINX),
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(conf),
+            "-e",
+            "stderr",
+            "-g",
+            "daemon off; master_process off;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.exists(), done.stderr
+    text = out.read_text(encoding="utf-8")
+    assert not text.startswith("ERROR"), text
+    loaded = json.loads(text)
+    dumped = plugin_info()["Schema"]
+    assert loaded["name"] == dumped["name"]
+    assert loaded["fields"][0] == {"protocols": {"typedef": "protocols_http"}}
+    assert loaded["fields"][1:] == dumped["fields"]
