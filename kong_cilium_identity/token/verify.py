@@ -61,11 +61,9 @@ _DECODER = _StrictJWT()
 
 
 def _is_numeric_date(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if type(value) is int:  # the common case, and never a bool
+        return True
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _encodable(payload: Mapping[str, Any]) -> bool:
