@@ -11,7 +11,7 @@ define (``ethernet``, ``l7``, ``Summary``, ...) are not read and not checked.
 Accepted per field type: strings; bools (JSON true/false only); 32-bit integers as JSON
 integers (not bools, not strings); 64-bit integers as JSON integers or decimal strings
 (protobuf's JSON form writes them as strings); enums as value names (unknown names are
-ignored, as newer Cilium adds values) or integers; ``Timestamp`` as an RFC 3339 string;
+ignored, as newer Cilium adds values; numbers are refused); ``Timestamp`` as an RFC 3339 string;
 wrapper types as their bare value; messages as objects; repeated fields as lists.
 """
 
@@ -122,7 +122,7 @@ def _check_value(value: Any, field: FieldDescriptor, where: str) -> None:
         else:
             _check_message(value, message, where)
     elif kind == FieldDescriptor.TYPE_ENUM:
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        if not isinstance(value, str):  # Hubble writes enum names, never numbers
             raise ShapeError(f"{where} is {type(value).__name__}, not an enum name")
     else:
         _check_scalar(value, kind, where)
