@@ -305,3 +305,36 @@ def test_node_address_and_productpage_through_relay(number: int) -> None:
     assert node.status is LookupStatus.AMBIGUOUS  # the newest node flow is ratings (16370)
     assert pod.status is LookupStatus.FOUND and pod.identity is not None
     assert pod.identity.id == 57816
+
+
+# -- the follow cache judges by the same rules ----------------------------------------
+
+
+def test_follow_cache_applies_the_evidence_rules() -> None:
+    from kong_cilium_identity.identity.sources.hubble_follow import WarmFlows
+
+    warm = WarmFlows(ttl=30, size=100)
+    for made in node_address_flows() + productpage_flows():
+        made.time.FromNanoseconds(int((NOW - 10 + made.time.nanos / 1e9) * 1e9))
+        warm.record(made)
+    node = warm.get(Peer(NODE), match_ports=False, now=NOW)
+    pod = warm.get(Peer(PRODUCTPAGE_IP), match_ports=False, now=NOW)
+    assert node is not None and node.status is LookupStatus.AMBIGUOUS
+    assert pod is not None and pod.identity is not None and pod.identity.id == 57816
+    # the L7 replies were never recorded under their connection either
+    replies = Peer(PRODUCTPAGE_IP, port=9080, local_port=41000)
+    assert warm.get(replies, match_ports=True, now=NOW) is None
+
+
+def test_follow_cache_forgets_evidence_older_than_its_ttl_or_max_age() -> None:
+    from kong_cilium_identity.identity.sources.hubble_follow import WarmFlows
+
+    warm = WarmFlows(ttl=30, size=100)
+    warm.record(make_flow(PRODUCTPAGE_IP, 16370, RATINGS, pod="ratings-1", at=NOW - 40))
+    warm.record(make_flow(PRODUCTPAGE_IP, 57816, PRODUCTPAGE, pod="productpage-1", at=NOW - 5))
+    kept = warm.get(Peer(PRODUCTPAGE_IP), match_ports=False, now=NOW)
+    assert kept is not None and kept.identity is not None and kept.identity.id == 57816
+    assert warm.get(Peer(PRODUCTPAGE_IP), match_ports=False, max_age=2, now=NOW) is None
+    warm.record(make_flow(PRODUCTPAGE_IP, 16370, RATINGS, pod="ratings-1", at=NOW - 1))
+    mixed = warm.get(Peer(PRODUCTPAGE_IP), match_ports=False, now=NOW)
+    assert mixed is not None and mixed.status is LookupStatus.AMBIGUOUS

@@ -112,6 +112,15 @@ class Evidence:
             ]
             self.newest = max(kept, key=lambda w: w.at, default=None)
 
+    def since(self, oldest: float) -> Evidence:
+        """A copy holding only the witnesses from ``oldest`` on."""
+        view = Evidence()
+        for group in (self.pods, self.unbound, self.nodes, self.others):
+            for witness in group.values():
+                if witness.at >= oldest:
+                    view.add(witness)
+        return view
+
     def __bool__(self) -> bool:
         return self.newest is not None
 

@@ -69,8 +69,7 @@ class WarmFlows:
     ) -> Lookup | None:
         """FOUND or AMBIGUOUS from the evidence of the last ``ttl`` (and ``max_age``, when
         positive) seconds; None when there is none."""
-        window = min(self._ttl, max_age) if max_age > 0 else self._ttl
-        oldest = (time.time() if now is None else now) - window
+        now = time.time() if now is None else now
         with self._lock:
             if match_ports and peer.port is not None and peer.local_port is not None:
                 evidence = self._by_connection.get((peer.address, peer.port, peer.local_port))
@@ -78,7 +77,9 @@ class WarmFlows:
                 evidence = self._by_address.get(peer.address)
             if evidence is None:
                 return None
-            evidence.prune(oldest)
+            evidence.prune(now - self._ttl)
+            if 0 < max_age < self._ttl:
+                evidence = evidence.since(now - max_age)
             return evidence.conclude(peer.address) if evidence else None
 
     def clear(self) -> None:
