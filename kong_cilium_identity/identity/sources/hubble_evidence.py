@@ -54,13 +54,12 @@ def is_l7(flow: flow_pb2.Flow) -> bool:
 
 
 def rejection(flow: flow_pb2.Flow) -> str | None:
-    """Why this flow cannot say who sent it, or None when it can (identity aside)."""
+    """Why this flow cannot say who sent it, or None when it can (if its identity is
+    known: see ``hubble_flows.witness_of``)."""
     if flow.verdict in _NOT_DELIVERED:
         return "dropped"
     if is_l7(flow) and (not flow.HasField("is_reply") or flow.is_reply.value):
         return "l7-reply"
-    if flow.source.identity == 0:
-        return "no-identity"
     return None
 
 
@@ -125,8 +124,9 @@ class Evidence:
         return self.newest is not None
 
     def conclude(self, address: str) -> Lookup:
-        """FOUND (the newest witness) or AMBIGUOUS; call only on non-empty evidence."""
-        assert self.newest is not None
+        """FOUND (the newest witness) or AMBIGUOUS; UNKNOWN when there is no evidence."""
+        if self.newest is None:
+            return Lookup.unknown(NAME, f"no evidence for {address}")
         if self.unbound:
             return Lookup.ambiguous(
                 NAME,

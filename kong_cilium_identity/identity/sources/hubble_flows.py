@@ -131,7 +131,7 @@ def witness_of(flow: flow_pb2.Flow) -> Witness | str:
         return reason
     at = seconds(flow.time)
     identity = identity_from_endpoint(flow.source, at)
-    if identity is None:  # pragma: no cover - rejection() already refused id 0
+    if identity is None:
         return "no-identity"
     return Witness(identity, at, names_endpoint(flow.source))
 
