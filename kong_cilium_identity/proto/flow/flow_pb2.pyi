@@ -104,7 +104,7 @@ OBSERVER_EVENTS_QUEUE: LostEventSource
 HUBBLE_RING_BUFFER: LostEventSource
 
 class Flow(_message.Message):
-    __slots__ = ("time", "verdict", "IP", "l4", "source", "destination", "Type", "node_name", "reply", "event_type", "traffic_direction", "trace_observation_point", "is_reply")
+    __slots__ = ("time", "verdict", "IP", "l4", "source", "destination", "Type", "node_name", "event_type", "traffic_direction", "trace_observation_point", "is_reply")
     TIME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
@@ -113,7 +113,6 @@ class Flow(_message.Message):
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
-    REPLY_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_DIRECTION_FIELD_NUMBER: _ClassVar[int]
     TRACE_OBSERVATION_POINT_FIELD_NUMBER: _ClassVar[int]
@@ -126,12 +125,11 @@ class Flow(_message.Message):
     destination: Endpoint
     Type: FlowType
     node_name: str
-    reply: bool
     event_type: CiliumEventType
     traffic_direction: TrafficDirection
     trace_observation_point: TraceObservationPoint
     is_reply: _wrappers_pb2.BoolValue
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., IP: _Optional[_Union[IP, _Mapping]] = ..., l4: _Optional[_Union[Layer4, _Mapping]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., Type: _Optional[_Union[FlowType, str]] = ..., node_name: _Optional[str] = ..., reply: _Optional[bool] = ..., event_type: _Optional[_Union[CiliumEventType, _Mapping]] = ..., traffic_direction: _Optional[_Union[TrafficDirection, str]] = ..., trace_observation_point: _Optional[_Union[TraceObservationPoint, str]] = ..., is_reply: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ...) -> None: ...
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., IP: _Optional[_Union[IP, _Mapping]] = ..., l4: _Optional[_Union[Layer4, _Mapping]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., Type: _Optional[_Union[FlowType, str]] = ..., node_name: _Optional[str] = ..., event_type: _Optional[_Union[CiliumEventType, _Mapping]] = ..., traffic_direction: _Optional[_Union[TrafficDirection, str]] = ..., trace_observation_point: _Optional[_Union[TraceObservationPoint, str]] = ..., is_reply: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ...) -> None: ...
 
 class CiliumEventType(_message.Message):
     __slots__ = ("type", "sub_type")
