@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,15 +18,26 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kong_cilium_identity.testing.fake_agent import FakeAgent
 from kong_cilium_identity.testing.fake_relay import FakeRelay
 
-
-def _fixtures_root() -> Path:
-    """``../shared/fixtures/real`` beside the repository (as CI lays it out)."""
-    beside_repo = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/fixtures/real")
-
-
-FIXTURES = _fixtures_root()
+# The shared real captures live beside the repository, not in it: ../shared/fixtures/real
+# (a checkout elsewhere, e.g. a git worktree, can point KCI_SHARED_DIR at that directory).
+_SHARED = Path(
+    os.environ.get("KCI_SHARED_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared"
+)
+FIXTURES = _SHARED / "fixtures" / "real"
 HUBBLE_FIXTURES = sorted((FIXTURES / "hubble").glob("*.json"))
+
+
+def need_fixture(path: Path) -> Path:
+    """``path`` when it exists, else skip the test with a reason naming it."""
+    if not path.exists():
+        pytest.skip(f"real capture {path} is absent (the shared fixtures sit beside the repo)")
+    return path
+
+
+def need_hubble_fixtures() -> list[Path]:
+    if not HUBBLE_FIXTURES:
+        pytest.skip(f"no real Hubble captures under {FIXTURES / 'hubble'}")
+    return HUBBLE_FIXTURES
 
 
 @pytest.fixture
