@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
 from tests.nginx.rig import Declarative, Nginx, PluginServer, missing_reason, run_dump
-from tests.nginx.shipped import CHECKOUT_KEY, INSTALLED, REPORTS_POD
+from tests.nginx.shipped import CHECKOUT_KEY, CHECKOUT_POD, INSTALLED, REPORTS_POD
 
 _MISSING = missing_reason()
 
@@ -30,25 +32,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class Rig:
     nginx: Nginx
     server: PluginServer
+    path: str  # a request path on the protected route
 
     def stolen_key_requests(self, n: int) -> list[int]:
         """n requests with checkout's key from the reports pod: none may ever pass."""
         return [
-            self.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD).status
+            self.nginx.request(self.path, [CHECKOUT_KEY], source=REPORTS_POD).status
             for _ in range(n)
         ]
 
     def warm(self) -> None:
-        """Start the plugin instance in both workers (each has its own instance cache)."""
-        for _ in range(200):
-            status = self.nginx.request("/orders/1", [CHECKOUT_KEY], source=REPORTS_POD).status
-            assert status == 403
-            if self.nginx.counters()["start_instance"] >= 2:
+        """Start the plugin instance in both workers (each has its own instance cache) and
+        wait for the identity source (a kubernetes source answers 503 until synced)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = self.nginx.request(self.path, [CHECKOUT_KEY], source=REPORTS_POD).status
+            assert status in (403, 503), status
+            if status == 403 and self.nginx.counters()["start_instance"] >= 2:
                 return
-        raise AssertionError("one nginx worker never took a request")
+            time.sleep(0.02)
+        raise AssertionError("not both workers started an instance, or the source never synced")
 
 
 RigFactory = Callable[..., Rig]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[FakeKubeApi]:
+    """The Kubernetes API the shipped manifests' kubernetes source reads: the checkout and
+    reports pods at the rig's loopback pod addresses."""
+    with FakeKubeApi() as fake:
+        for pod, address, identity in (
+            ("checkout-7d9f8-x2x5q", CHECKOUT_POD, 48861),
+            ("reports-5c6b7-q8r2m", REPORTS_POD, 51022),
+        ):
+            app = pod.split("-")[0]
+            labels = [f"k8s:app={app}", "k8s:io.kubernetes.pod.namespace=shop"]
+            fake.put(
+                cilium_endpoint(pod, "shop", ipv4=address, identity_id=identity, labels=labels)
+            )
+        yield fake
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +81,8 @@ def dump() -> dict[str, Any]:
 
 @pytest.fixture
 def make_rig(dump: dict[str, Any]) -> Iterator[RigFactory]:
-    """make_rig(doc, read_timeout="60s", start_server=True, installed=INSTALLED) -> Rig
-    (nginx running; ``installed`` is KONG_PLUGINS)."""
+    """make_rig(doc, read_timeout="60s", start_server=True, installed=INSTALLED,
+    path="/orders/1") -> Rig (nginx running; ``installed`` is KONG_PLUGINS)."""
     made: list[Rig] = []
     # a short prefix: Unix socket paths are limited to 107 bytes
     prefixes: list[Path] = []
@@ -70,6 +93,7 @@ def make_rig(dump: dict[str, Any]) -> Iterator[RigFactory]:
         read_timeout: str = "60s",
         start_server: bool = True,
         installed: tuple[str, ...] = INSTALLED,
+        path: str = "/orders/1",
     ) -> Rig:
         prefix = Path(tempfile.mkdtemp(prefix="rig-"))
         prefixes.append(prefix)
@@ -79,7 +103,7 @@ def make_rig(dump: dict[str, Any]) -> Iterator[RigFactory]:
             Declarative(doc, dump, installed).to_rig(server.socket),
             read_timeout=read_timeout,
         )
-        rig = Rig(nginx, server)
+        rig = Rig(nginx, server, path)
         made.append(rig)
         if start_server:
             server.start()

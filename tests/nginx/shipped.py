@@ -4,10 +4,13 @@ they describe (which key belongs to which pod)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from tests.kubernetes.helpers import FAST
+from tests.nginx.kic import kic_declarative
 from tests.nginx.rig import REPO
 
 PLUGIN = "cilium-identity"
@@ -26,9 +29,24 @@ def kong_yaml() -> dict[str, Any]:
     return doc
 
 
-def shipped_configs() -> dict[str, dict[str, Any]]:
-    """name -> declarative document, for every configuration the project ships."""
-    return {"kong.yaml": kong_yaml()}
+@dataclass
+class Shipped:
+    doc: dict[str, Any]
+    path: str  # a request path on the protected route
+
+
+# every configuration the project ships: kong.yaml (also the docker-compose demo's) and
+# the Kubernetes manifests' Ingress and HTTPRoute with their KongPlugins and KongConsumers
+SHIPPED = ("kong.yaml", "kubernetes Ingress", "kubernetes HTTPRoute")
+
+
+def shipped_config(name: str, api_url: str) -> Shipped:
+    """One shipped configuration; the Kubernetes ones read CiliumEndpoints at ``api_url``."""
+    if name == "kong.yaml":
+        return Shipped(kong_yaml(), "/orders/1")
+    kind = name.split()[1]
+    path = "/orders/1" if kind == "Ingress" else "/shop/orders/1"
+    return Shipped(kic_declarative(kind, api_url, FAST), path)
 
 
 def _plugin_holders(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
