@@ -4,6 +4,7 @@ they describe (which key belongs to which pod)."""
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,25 @@ def kong_yaml() -> dict[str, Any]:
 class Shipped:
     doc: dict[str, Any]
     path: str  # a request path on the protected route
+    installed: tuple[str, ...]  # KONG_PLUGINS of the shipped image / Helm values
+
+
+def kong_plugins(value: str) -> tuple[str, ...]:
+    """A KONG_PLUGINS value as the rig installs it (its `bundled` is key-auth)."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    return tuple("key-auth" if name == "bundled" else name for name in names)
+
+
+def image_plugins() -> tuple[str, ...]:
+    """KONG_PLUGINS of docker/Dockerfile, the image of the compose demo and of Helm."""
+    found = re.search(r"KONG_PLUGINS=(\S+)", (REPO / "docker" / "Dockerfile").read_text())
+    assert found is not None, "docker/Dockerfile sets no KONG_PLUGINS"
+    return kong_plugins(found.group(1))
+
+
+def helm_plugins() -> tuple[str, ...]:
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "kong-values.yaml").read_text())
+    return kong_plugins(values["env"]["plugins"])
 
 
 # every configuration the project ships: kong.yaml (also the docker-compose demo's) and
@@ -43,10 +63,10 @@ SHIPPED = ("kong.yaml", "kubernetes Ingress", "kubernetes HTTPRoute")
 def shipped_config(name: str, api_url: str) -> Shipped:
     """One shipped configuration; the Kubernetes ones read CiliumEndpoints at ``api_url``."""
     if name == "kong.yaml":
-        return Shipped(kong_yaml(), "/orders/1")
+        return Shipped(kong_yaml(), "/orders/1", image_plugins())
     kind = name.split()[1]
     path = "/orders/1" if kind == "Ingress" else "/shop/orders/1"
-    return Shipped(kic_declarative(kind, api_url, FAST), path)
+    return Shipped(kic_declarative(kind, api_url, FAST), path, helm_plugins())
 
 
 def _plugin_holders(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

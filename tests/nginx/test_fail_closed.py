@@ -36,7 +36,7 @@ def rig_for(make_rig: RigFactory, shipped: Shipped) -> Callable[..., Rig]:
     """make_rig for the shipped configuration under test."""
 
     def make(**options: Any) -> Rig:
-        return make_rig(shipped.doc, path=shipped.path, **options)
+        return make_rig(shipped.doc, path=shipped.path, installed=shipped.installed, **options)
 
     return make
 
