@@ -580,9 +580,8 @@ class KongHarness:
         """
         w = self._workers[worker]
         try:
-            step_in = self._call(
-                w, rpc_calls, "plugin.HandleEvent", {"InstanceId": instance_id, "EventName": phase}
-            )
+            event = {"InstanceId": instance_id, "EventName": phase}
+            step_in = self._call(w, rpc_calls, "plugin.HandleEvent", _lua_table(event))
         except RpcError as exc:
             return False, exc.value
         if step_in is None or step_in is False:  # `if not step_in then return step_in, err`
@@ -596,8 +595,7 @@ class KongHarness:
                 raise LuaError(f"attempt to index field 'Data' (a {lua_type(data)} value)")
             table = data if isinstance(data, dict) else dict(enumerate(data, start=1))
             result = self._call_pdk_method(pdk, table.get("Method"), table.get("Args"))
-            # a Lua table has no nil values: a nil EventId or result is no key at all
-            payload = {k: v for k, v in (("EventId", event_id), ("Data", result)) if v is not None}
+            payload = _lua_table({"EventId": event_id, "Data": result})
             try:
                 step_in = self._call(w, rpc_calls, step_method(table["Method"], result), payload)
             except RpcError as exc:
@@ -717,6 +715,11 @@ class KongHarness:
     def _close_pools(self) -> None:
         for w in self._workers:
             w.rpc.close()
+
+
+def _lua_table(fields: dict[str, Any]) -> dict[str, Any]:
+    """A table constructor in Kong's Lua: a field set to nil is no key at all."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _index(value: Any, key: str) -> Any:

@@ -357,12 +357,15 @@ class _Reader:
         self._log = log
         self._unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, ext_hook=_ext_is_nil)
         self._fed = 0
+        self._boundary = 0  # bytes up to the end of the last whole message
 
     def next_message(self) -> Any:
         self._conn.settimeout(self._timeout)
         while True:
             try:
-                return from_wire(next(self._unpacker))
+                message = next(self._unpacker)
+                self._boundary = self._unpacker.tell()
+                return from_wire(message)
             except StopIteration:
                 pass
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -371,7 +374,7 @@ class _Reader:
             chunk = self._recv()
             if not chunk:
                 self._conn.close()
-                if self._fed > self._unpacker.tell():
+                if self._fed > self._boundary:
                     raise LuaError("missing bytes")
                 raise RpcError("no data")
             self._fed += len(chunk)
