@@ -1,4 +1,4 @@
-"""Fixtures for the Hubble and agent source tests: fakes, TLS material, real captures."""
+"""Fixtures for the Hubble and agent source tests: fakes and TLS material."""
 
 from __future__ import annotations
 
@@ -16,16 +16,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kong_cilium_identity.testing.fake_agent import FakeAgent
 from kong_cilium_identity.testing.fake_relay import FakeRelay
-
-
-def _fixtures_root() -> Path:
-    """``../shared/fixtures/real`` beside the repository (as CI lays it out)."""
-    beside_repo = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/fixtures/real")
-
-
-FIXTURES = _fixtures_root()
-HUBBLE_FIXTURES = sorted((FIXTURES / "hubble").glob("*.json"))
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import pytest
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2, observer_pb2_grpc
 from kong_cilium_identity.testing.fake_relay import FakeRelay, load_jsonl, make_flow
-
-from .conftest import HUBBLE_FIXTURES
+from tests.shared_captures import real_capture
 
 T0 = 1_800_000_000.0
 
@@ -92,7 +91,8 @@ def test_since_until(populated: FakeRelay) -> None:
 
 
 def test_pod_direction_and_destination_filters() -> None:
-    relay = FakeRelay(load_jsonl(HUBBLE_FIXTURES[0])).start()
+    capture = sorted(real_capture("hubble").glob("*.json"))[0]
+    relay = FakeRelay(load_jsonl(capture)).start()
     try:
         pods = _flows(relay, whitelist=[flow_pb2.FlowFilter(source_pod=["bookinfo/reviews-"])])
         assert pods[1:] and all(r.flow.source.namespace == "bookinfo" for r in pods[1:])

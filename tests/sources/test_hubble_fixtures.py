@@ -1,5 +1,8 @@
 """Every real Hubble capture parses and its source endpoint maps to the right identity.
 
+The captures are read from ``../shared/fixtures/real/hubble`` beside the repository; without
+them these tests are skipped with that reason.
+
 Expected values come from the JSON with plain ``json`` and Cilium's rules written out here
 (namespace from the endpoint or the namespace label; pod-level fields only for pod ids),
 not from the mapper under test.
@@ -22,8 +25,9 @@ from kong_cilium_identity.identity.sources.hubble_flows import (
 )
 from kong_cilium_identity.proto.observer import observer_pb2
 from kong_cilium_identity.testing.fake_relay import load_jsonl
+from tests.shared_captures import absent, real_capture, real_captures
 
-from .conftest import HUBBLE_FIXTURES
+HUBBLE_FIXTURES = real_captures("hubble", "*.json")
 
 NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace="
 
@@ -61,12 +65,14 @@ def _expected(endpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_all_fixture_files_are_covered() -> None:
+    real_capture("hubble")
     assert len(HUBBLE_FIXTURES) == 3
     assert len(CASES) == 33
 
 
 @pytest.mark.parametrize(
-    ("file", "line_number", "line"), CASES, ids=[f"{c[0]}:{c[1]}" for c in CASES]
+    ("file", "line_number", "line"),
+    [pytest.param(*c, id=f"{c[0]}:{c[1]}") for c in CASES] or [absent("hubble", 3)],
 )
 def test_source_endpoint_maps_to_identity(file: str, line_number: int, line: str) -> None:
     raw = json.loads(line)
@@ -84,7 +90,9 @@ def test_source_endpoint_maps_to_identity(file: str, line_number: int, line: str
     assert identity.source == "hubble"
 
 
-@pytest.mark.parametrize("path", HUBBLE_FIXTURES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, id=p.name) for p in HUBBLE_FIXTURES] or [absent("hubble")]
+)
 def test_lookup_over_a_capture_takes_the_newest_flow_per_address(path: Path) -> None:
     raws = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     responses = load_jsonl(path)
@@ -99,6 +107,7 @@ def test_lookup_over_a_capture_takes_the_newest_flow_per_address(path: Path) -> 
 
 def test_world_identity_with_a_pod_name_keeps_the_datapath_id() -> None:
     """The caveat vector: node-local-dns flows say pod/namespace while identity is world."""
+    real_capture("hubble")
     path = next(p for p in HUBBLE_FIXTURES if "5-http" in p.name)
     world = [
         raw["flow"]["source"]
