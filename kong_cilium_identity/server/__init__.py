@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib.resources import files
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -24,22 +23,13 @@ from kong_cilium_identity.server.instances import PluginSpec
 from kong_cilium_identity.server.runtime import Limits, Runtime
 from kong_cilium_identity.server.transport import Listener
 
-__all__ = ["GUARD_CTX_KEY", "Limits", "PluginSpec", "guard_snippet", "plugin_info", "serve"]
+__all__ = ["Limits", "PluginSpec", "plugin_info", "serve"]
 
 log = logging.getLogger(__name__)
 
 SUPERVISOR_TICK = 0.01
 EXIT_OK = 0
 EXIT_STUCK = 70  # EX_SOFTWARE: plugin code wedged every thread; Kong respawns us
-
-# The plugin sets kong.ctx.shared[GUARD_CTX_KEY] = True on every request it lets through;
-# the guard snippet (deploy/guard.lua) refuses requests without it.
-GUARD_CTX_KEY = "cilium_identity_decided"
-
-
-def guard_snippet() -> str:
-    """The Lua source for post-function's ``access`` list (see deploy/guard.lua)."""
-    return files("kong_cilium_identity").joinpath("deploy", "guard.lua").read_text()
 
 
 def plugin_info(
