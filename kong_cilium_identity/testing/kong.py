@@ -157,7 +157,7 @@ class _Worker:
 
     rpc: RpcClient
     instances: dict[str, _Instance] = field(default_factory=dict)
-    server_pid: int | None = None
+    server_pid: float | None = None
 
 
 @dataclass
@@ -650,13 +650,12 @@ class KongHarness:
 
     @staticmethod
     def _notification(w: _Worker, label: Any, args: Any) -> None:
-        """``rpc_notifications:serverPid``: a new server pid drops this RPC's instances."""
+        """``rpc_notifications:serverPid``: ``tonumber(n)``; a pid that differs from a known
+        one (a value that is no number counts as nil, so it differs too) drops this RPC's
+        instances."""
         if label != "serverPid":
             return
-        try:
-            pid = int(args)
-        except (TypeError, ValueError):
-            return
+        pid = _lua_tonumber(args)
         if w.server_pid is not None and pid != w.server_pid:
             w.instances.clear()
         w.server_pid = pid
@@ -715,6 +714,20 @@ class KongHarness:
     def _close_pools(self) -> None:
         for w in self._workers:
             w.rpc.close()
+
+
+def _lua_tonumber(value: Any) -> float | None:
+    """Lua's ``tonumber`` for what msgpack carries (numbers and numeric strings)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str | bytes):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def _lua_table(fields: dict[str, Any]) -> dict[str, Any]:

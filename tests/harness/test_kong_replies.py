@@ -243,3 +243,18 @@ def test_extension_types_decode_as_nil(tmp_path: Path, sock: Path) -> None:
     out = harness.request(harness.add_plugin({}))
     assert out.proxied and "k" not in out.ctx_shared  # set("k", nil) stores nothing
     server.close()
+
+
+def test_server_pid_that_is_no_number_counts_as_a_new_pid(tmp_path: Path, sock: Path) -> None:
+    server = FakePluginServer(sock, [], notify=True)
+    harness = _harness(tmp_path, sock)
+    plugin = harness.add_plugin({})
+    harness.request(plugin)
+    assert harness.request(plugin).rpc_calls == ["plugin.HandleEvent"]
+    server.pid = "4242"  # type: ignore[assignment]  # tonumber("4242") == 4242: same pid
+    harness.request(plugin)
+    assert harness.request(plugin).rpc_calls == ["plugin.HandleEvent"]
+    server.pid = "pid?"  # type: ignore[assignment]  # tonumber -> nil ~= 4242
+    harness.request(plugin)
+    assert harness.request(plugin).rpc_calls[0] == "plugin.StartInstance"
+    server.close()
