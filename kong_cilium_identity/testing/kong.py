@@ -541,7 +541,7 @@ class KongHarness:
         Lua ``error()`` (HTTP 500) and leaves nothing cached, so the next request retries."""
         w = self._workers[worker]
         cached = w.instances.get(plugin.id)
-        if cached is not None and cached.id is None:
+        if cached is not None and (cached.id is None or cached.id is False):
             # Kong polls 10 s for another coroutine to finish starting it, then gives up.
             del w.instances[plugin.id]
             return None, f"Could not claim instance_id for {self.info.name} (key: {plugin.id})"
