@@ -17,7 +17,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     api_client,
     parse_settings,
 )
-from tests.kubernetes.helpers import REPO_ROOT
+from tests.shared_captures import REPO_ROOT
 
 MANIFEST = REPO_ROOT / "deploy" / "kubernetes" / "rbac.yaml"
 

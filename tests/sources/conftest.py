@@ -1,9 +1,8 @@
-"""Fixtures for the Hubble and agent source tests: fakes, TLS material, real captures."""
+"""Fixtures for the Hubble and agent source tests: fakes and TLS material."""
 
 from __future__ import annotations
 
 import datetime
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,26 +16,23 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kong_cilium_identity.testing.fake_agent import FakeAgent
 from kong_cilium_identity.testing.fake_relay import FakeRelay
+from tests.shared_captures import SHARED, real_capture, real_captures
 
-# The shared real captures live beside the repository, not in it: ../shared/fixtures/real
-# (a checkout elsewhere, e.g. a git worktree, can point KCI_SHARED_DIR at that directory).
-_SHARED = Path(
-    os.environ.get("KCI_SHARED_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared"
-)
-FIXTURES = _SHARED / "fixtures" / "real"
-HUBBLE_FIXTURES = sorted((FIXTURES / "hubble").glob("*.json"))
+# The shared real captures live beside the repository, not in it (tests/shared_captures.py).
+FIXTURES = SHARED / "fixtures" / "real"
+HUBBLE_FIXTURES = real_captures("hubble", "*.json")
 
 
 def need_fixture(path: Path) -> Path:
     """``path`` when it exists, else skip the test with a reason naming it."""
     if not path.exists():
-        pytest.skip(f"real capture {path} is absent (the shared fixtures sit beside the repo)")
+        pytest.skip(f"needs {path}, which is not beside this repository (../shared)")
     return path
 
 
 def need_hubble_fixtures() -> list[Path]:
     if not HUBBLE_FIXTURES:
-        pytest.skip(f"no real Hubble captures under {FIXTURES / 'hubble'}")
+        real_capture("hubble")  # skips, naming ../shared/fixtures/real/hubble
     return HUBBLE_FIXTURES
 
 
