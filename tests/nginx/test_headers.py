@@ -52,7 +52,7 @@ def issuer() -> Iterator[FakeIssuer]:
         yield fake
 
 
-def with_token_check(issuer: FakeIssuer) -> dict[str, Any]:
+def with_token_check(issuer: FakeIssuer, header: str = "authorization") -> dict[str, Any]:
     doc = copy.deepcopy(kong_yaml())
     for service in doc["services"]:
         for route in service["routes"]:
@@ -63,6 +63,7 @@ def with_token_check(issuer: FakeIssuer) -> dict[str, Any]:
                         "issuer": issuer.issuer,
                         "audiences": ["kong"],
                         "jwks_uri": issuer.jwks_uri,
+                        "header": header,
                     }
     return doc
 
@@ -82,3 +83,23 @@ def test_second_authorization_header_is_refused_wherever_it_is(
     reply = rig.nginx.request("/orders/1", [*before, second], source=CHECKOUT_POD)
     assert reply.status == 400, reply
     assert rig.nginx.upstream_count() == 1  # only the single-token request
+
+
+@pytest.mark.parametrize("line", [5, 101, 1001, 4000])
+def test_second_custom_token_header_is_refused_by_the_plugin(
+    make_rig: RigFactory, issuer: FakeIssuer, line: int
+) -> None:
+    """nginx refuses a repeated Authorization itself; a custom token header it lets through,
+    and the plugin sees every line of it (the companion reads all header lines)."""
+    rig = make_rig(with_token_check(issuer, "x-token"))
+    token = ("X-Token", issuer.sign(issuer.claims()))
+    before = [CHECKOUT_KEY, token, *fillers(line - FIXED_LINES - 3)]
+    second = ("X-Token", issuer.sign(issuer.claims(sub="other")))
+    assert len(before) + FIXED_LINES + 1 == line
+
+    alone = rig.nginx.request("/orders/1", before, source=CHECKOUT_POD)
+    assert alone.status == 200, alone
+    reply = rig.nginx.request("/orders/1", [*before, second], source=CHECKOUT_POD)
+    assert reply.status == 400, reply
+    assert "invalid_token" in str(reply), reply
+    assert rig.nginx.upstream_count() == 1
