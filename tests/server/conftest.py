@@ -6,7 +6,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,11 +60,13 @@ def make_kong(prefix: Path) -> Iterator[MakeKong]:
         read_timeout: float = 10.0,
         workers: int = 1,
         start: bool = True,
+        server_args: Sequence[str] = (),
     ) -> KongHarness:
         extra = [] if lua_style else ["--no-lua-style"]
         if server == "ours":
             extra += ["--event-deadline", str(deadline)]
             extra += ["--idle-event-limit", str(idle_event_limit)]
+            extra += server_args
         query, start_cmd = commands(server, plugin, prefix, *extra)
         kong = KongHarness(
             query,
