@@ -21,6 +21,7 @@ PLUGINS = {
     "gate": HERE / "plugins" / "gate_plugin.py",
     "after-exit": HERE / "plugins" / "after_exit_plugin.py",
     "noop": HERE / "plugins" / "noop_plugin.py",
+    "deadline": HERE / "plugins" / "deadline_plugin.py",
     "log-raise": HERE / "plugins" / "log_raise_plugin.py",
     "bad-args": HERE / "plugins" / "bad_args_plugin.py",
     "cilium-identity": ROOT / "kong_cilium_identity" / "plugin.py",
