@@ -55,9 +55,7 @@ SWEEP_INTERVAL = 1.0
 # request per connection, then it waits for the reply), so only a peer that floods the
 # socket ever reaches this; the rest of its batch waits for the next turn, after every
 # other ready connection had its turn.
-MESSAGES_PER_TURN = 32
-READ = selectors.EVENT_READ
-READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
+MESSAGES_PER_TURN = 16
 UNWIND_ATTEMPTS = 3
 SPREAD_AFTER_STALL = 10.0
 POOL_LINGER = 5.0
@@ -285,28 +283,38 @@ class Runtime:
                 drain_timeout=self.limits.drain_timeout,
                 watch=self._watch_backlog,
             )
-            self.selector.register(conn, READ, conn)
+            self.selector.register(conn, selectors.EVENT_READ, conn)
 
     def _watch_backlog(self, conn: Connection, backlogged: bool) -> None:
-        """Ask the loop for writability while ``conn`` has unsent replies. Any thread may
-        call this (with the lock held); epoll takes the change even mid-wait."""
+        """Backpressure: while ``conn`` has unsent replies its peer is not reading, so the
+        loop stops reading its requests and waits for writability instead; once the
+        outbox drains, buffered requests are served again. Any thread may call this (with
+        the lock held); epoll takes the change even mid-wait. A hang-up is reported
+        whatever the interest, so a closed or aborted connection is still seen."""
         if backlogged:
             self.backlogged.add(conn)
+            self.carryover.discard(conn)
         else:
             self.backlogged.discard(conn)
-        if not conn.closed or backlogged:
-            self.selector.modify(conn, READ_WRITE if backlogged else READ, conn)
+            if conn.buffered:
+                self.carryover.add(conn)
+        if not conn.closed:
+            events = selectors.EVENT_WRITE if backlogged else selectors.EVENT_READ
+            self.selector.modify(conn, events, conn)
 
     def _read(self, worker: Worker, conn: Connection) -> None:
         """Dispatch up to MESSAGES_PER_TURN messages; read the socket only once the
-        messages already buffered are done."""
-        if conn.closed or (not conn.buffered and not conn.fill()):
+        messages already buffered are done. Nothing is dispatched for a connection whose
+        earlier replies are still unsent (see _watch_backlog)."""
+        if conn.closed or (not conn.outbox and not conn.buffered and not conn.fill()):
             self._close(conn)
             return
         for _ in range(MESSAGES_PER_TURN):
             if conn.closed:
                 self._close(conn)
                 return
+            if conn.outbox:
+                return  # resumed by _watch_backlog once the peer reads
             try:
                 message = conn.next_message()
             except Malformed as error:
