@@ -199,7 +199,7 @@ def main() -> None:
         "--method",
         default="plugin.GetStatus",
         choices=["plugin.GetStatus", "plugin.GetPluginInfo", "plugin.NoSuchMethod"],
-        help="what the peers send (replies of about 200 B, 10 KB, 60 B)",
+        help="what the peers send (GetPluginInfo: a 5 KB reply; NoSuchMethod: an error reply)",
     )
     parser.add_argument("--hung-requests", type=int, default=10)
     args = parser.parse_args()
