@@ -58,6 +58,8 @@ class Listener:
     def __init__(self, path: Path, backlog: int, socket_file: SocketFile | None = None) -> None:
         self.path = path
         self.sock = bind_socket_file(path, socket_file or SocketFile())
+        info = path.lstat()
+        self._file = (info.st_dev, info.st_ino)
         self.sock.listen(backlog)
         self.sock.setblocking(False)
 
@@ -74,9 +76,13 @@ class Listener:
             accepted.append(sock)
 
     def close(self) -> None:
+        """Close, and remove the socket file unless it is no longer ours: on a Kong reload
+        the next server may already have replaced it while this one stops."""
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            info = self.path.lstat()
+            if (info.st_dev, info.st_ino) == self._file:
+                self.path.unlink()
 
 
 # Called with (connection, backlogged) whenever the outbox turns non-empty or empty.

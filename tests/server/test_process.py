@@ -147,6 +147,31 @@ def test_stdin_closed_stops_the_server_with_exit_zero(prefix: Path) -> None:
         proc.wait()
 
 
+def test_a_stopping_server_leaves_its_successors_socket_alone(prefix: Path) -> None:
+    """Kong reload: the new worker 0 starts a server (which replaces the socket) while
+    the old one is still stopping; the old one must not remove the new socket."""
+    _, start = commands("ours", "probe", prefix)
+    old = subprocess.Popen(start, stdin=subprocess.PIPE)
+    new = None
+    try:
+        assert wait_for((prefix / SOCKET).exists)
+        first = (prefix / SOCKET).lstat().st_ino
+        new = subprocess.Popen(start, stdin=subprocess.PIPE)
+        assert wait_for(lambda: (prefix / SOCKET).lstat().st_ino != first)
+        assert old.stdin is not None
+        old.stdin.close()  # the old nginx worker exits
+        assert old.wait(timeout=10) == 0
+        status = RpcClient(str(prefix / SOCKET), read_timeout=5.0, log=lambda *_: None).call(
+            "plugin.GetStatus"
+        )
+        assert status["Pid"] == new.pid
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.parametrize("server", SERVERS)
 def test_no_thread_per_event(make_kong: MakeKong, server: str) -> None:
     kong = make_kong(server)
