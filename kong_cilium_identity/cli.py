@@ -15,8 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kong_cilium_identity import PLUGIN_NAME
+
+if TYPE_CHECKING:
+    from kong_cilium_identity.server.socket_file import SocketFile
 
 DEFAULT_SOCKET = f"{PLUGIN_NAME}.socket"
 
@@ -171,6 +175,15 @@ def _serve(args: argparse.Namespace) -> int:
         from kong_cilium_identity.metrics import serve_metrics
 
         serve_metrics(args.metrics_port, args.metrics_address)
+    try:
+        _run_server(args, socket_file)
+    except (OSError, RuntimeError) as error:  # before serving: socket path, group, stdin
+        print(f"cannot serve: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_server(args: argparse.Namespace, socket_file: SocketFile) -> None:
     from kong_cilium_identity import plugin
     from kong_cilium_identity.server import StdinWatch, serve
 
@@ -189,7 +202,6 @@ def _serve(args: argparse.Namespace) -> int:
         socket_file=socket_file,
         stdin_watch=StdinWatch(args.stdin_watch),
     )
-    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -110,7 +110,6 @@ def serve(
     The process exits rather than returns: plugin libraries may leave non-daemon threads
     (thread pools waiting on a hung lookup) that would otherwise hold the exit.
     """
-    hosting.set_event_deadline(event_deadline)
     spec = PluginSpec(plugin_cls, name, version, priority, schema)
     limits = Limits(
         event_deadline, stall_after, idle_event_limit, max_threads, max_backlog, drain_timeout
@@ -118,6 +117,7 @@ def serve(
     watch_stdin = _watches_stdin(stdin_watch)
     listener = Listener(Path(prefix) / socket_name, listen_backlog, socket_file)
     runtime = Runtime(spec, listener, lua_style=lua_style, limits=limits)
+    hosting.set_event_deadline(event_deadline)
     log.info(
         "%s %s serving on %s (mode %04o, lua_style=%s, event_deadline=%gs, stdin watch %s)",
         name,

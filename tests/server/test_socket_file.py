@@ -151,3 +151,12 @@ def test_parsing_mode_and_group() -> None:
 def test_serve_refuses_bad_socket_flags(prefix: Path, flag: list[str]) -> None:
     assert main(["serve", "--kong-prefix", str(prefix), *flag]) == 2
     assert list(prefix.iterdir()) == []
+
+
+def test_serve_reports_a_path_it_must_not_replace(
+    prefix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (prefix / "cilium-identity.socket").write_text("someone's file")
+    assert main(["serve", "--kong-prefix", str(prefix), "--stdin-watch", "off"]) == 1
+    assert "cannot serve:" in capsys.readouterr().err
+    assert (prefix / "cilium-identity.socket").read_text() == "someone's file"
