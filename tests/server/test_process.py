@@ -52,7 +52,9 @@ def rpc_for(kong: KongHarness) -> RpcClient:
 @pytest.mark.parametrize("server", SERVERS)
 def test_sigterm_removes_the_socket_and_exits_zero(prefix: Path, server: str) -> None:
     _, start = commands(server, "probe", prefix)
-    proc = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        start, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     socket_path = prefix / SOCKET
     try:
         assert wait_for(socket_path.exists)
