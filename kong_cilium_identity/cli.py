@@ -3,7 +3,8 @@
 kong-cilium-identity --dump
 kong-cilium-identity serve --kong-prefix /usr/local/kong --socket-name cilium-identity.socket
 kong-cilium-identity validate kong.yaml
-kong-cilium-identity explain --config plugin.yaml --ip 10.0.1.200 --consumer checkout
+kong-cilium-identity explain --config kong.yaml --ip 172.28.0.10 --consumer checkout
+kong-cilium-identity schema --lua > schema.lua
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check the plugin configs of a kong.yaml (or one plugin config)"
     )
     validate.add_argument("file", type=Path)
+    schema = commands.add_parser("schema", help="print the plugin's Kong schema (JSON, or --lua)")
+    schema.add_argument(
+        "--lua",
+        action="store_true",
+        help="print it as a Lua schema.lua (hybrid-mode control planes, Konnect upload)",
+    )
     explain = commands.add_parser(
         "explain", help="resolve an address and print the decision for a consumer"
     )
@@ -149,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "schema":
+        return _schema(args)
     build_parser().print_help(sys.stderr)
     return 2
 
@@ -210,6 +219,17 @@ def _validate(args: argparse.Namespace) -> int:
     lines = validate(args.file)
     print("\n".join(lines))
     return 1 if any(line.startswith("ERROR") for line in lines) else 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from kong_cilium_identity.lua_schema import plugin_schema_lua
+    from kong_cilium_identity.plugin import plugin_info
+
+    if args.lua:
+        sys.stdout.write(plugin_schema_lua())
+    else:
+        sys.stdout.write(json.dumps(plugin_info()["Schema"], indent=2) + "\n")
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ consumer has a binding -> identity matches one of its selectors -> claim rules h
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,11 +194,20 @@ class Policy:
         if self.tag_prefix:
             for tag in consumer.tags:
                 if tag.startswith(self.tag_prefix):
-                    try:
-                        found.append(parse_selector(tag[len(self.tag_prefix) :]))
-                    except LabelError:
-                        continue  # a malformed tag grants nothing
+                    selector = tag_selector(tag[len(self.tag_prefix) :])
+                    if selector is not None:  # a malformed tag grants nothing
+                        found.append(selector)
         return tuple(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=4096)
+def tag_selector(text: str) -> Selector | None:
+    """A consumer tag's selector, parsed once per distinct tag (consumers repeat on every
+    request); None when the tag is malformed."""
+    try:
+        return parse_selector(text)
+    except LabelError:
+        return None
 
 
 @dataclass(frozen=True)

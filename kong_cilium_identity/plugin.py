@@ -8,14 +8,21 @@ The module follows kong-pdk's plugin contract, so it also runs under stock
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import threading
 import weakref
 from typing import Any
 
 from kong_cilium_identity import PLUGIN_NAME, __version__
-from kong_cilium_identity.access import handle_access
+from kong_cilium_identity.access import KongSide, handle_access
 from kong_cilium_identity.identity.resolver import RESOLVERS
+from kong_cilium_identity.identity.sources import ConfigError
 from kong_cilium_identity.schema import config_fields, parse_config
 from kong_cilium_identity.token import TokenVerifier
+
+log = logging.getLogger(__name__)
 
 name = PLUGIN_NAME
 version = __version__
@@ -23,13 +30,29 @@ priority = 1000
 Schema = config_fields()
 
 
+# Kong adds these to every instance's config; they change with each reload or worker.
+_PER_INSTANCE_KEYS = ("__seq__", "__key__")
+
+
 class Plugin:
     """One Kong plugin instance (per nginx worker and config). Holds no resources of its
     own: the resolver it uses is shared process-wide and released when the instance is
-    closed or collected."""
+    closed or collected.
+
+    A configuration the plugin cannot use does not fail StartInstance (Kong would retry it
+    on every request and answer a bare 500): the instance starts *invalid*, the problem is
+    logged once per configuration, and every request on it is refused with a 500."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = parse_config(config)
+        self.invalid: str | None = None
+        self.kong_side = KongSide()
+        self._release: Any = None
+        try:
+            self.config = parse_config(config)
+        except ConfigError as error:
+            self.invalid = str(error)
+            _report_invalid(config, self.invalid)
+            return
         self.verifier = TokenVerifier(self.config.token) if self.config.token.enabled else None
         try:
             self.resolver = RESOLVERS.acquire(self.config.resolver)
@@ -40,10 +63,37 @@ class Plugin:
         self._release = weakref.finalize(self, _release, self.config.resolver, self.verifier)
 
     def access(self, kong: Any) -> None:
-        handle_access(kong, self.config, self.resolver, self.verifier)
+        if self.invalid is not None:
+            kong.response.error(500, "An unexpected error occurred (invalid_config)")
+            return
+        handle_access(kong, self.config, self.resolver, self.verifier, self.kong_side)
 
     def close(self) -> None:
-        self._release()
+        if self._release is not None:
+            self._release()
+
+
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def _report_invalid(config: dict[str, Any], problem: str) -> None:
+    """Log an unusable configuration once per configuration, not once per worker,
+    instance or request."""
+    stable = {k: v for k, v in config.items() if k not in _PER_INSTANCE_KEYS}
+    digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
+    with _reported_lock:
+        if digest in _reported:
+            return
+        _reported.add(digest)
+    scope = ("route_id", "service_id", "__plugin_id")
+    where = ", ".join(f"{key}={config[key]}" for key in scope if config.get(key))
+    log.error(
+        "cilium-identity: invalid configuration (%s): %s; every request on it is refused "
+        "with 500 until the configuration is fixed",
+        where or "no route or service",
+        problem,
+    )
 
 
 def _release(resolver_settings: Any, verifier: TokenVerifier | None) -> None:

@@ -149,7 +149,6 @@ def _common_fields() -> list[dict[str, Any]]:
         {"header_prefix": _string(required=True, default="X-Cilium-")},
         {"upstream_headers": {"type": "boolean", "required": True, "default": True}},
         {"client_reason": {"type": "boolean", "required": True, "default": True}},
-        {"guard_marker": {"type": "boolean", "required": True, "default": False}},
     ]
 
 
@@ -171,7 +170,6 @@ class Config:
     header_prefix: str
     upstream_headers: bool
     client_reason: bool
-    guard_marker: bool
     token: TokenSettings
 
 
@@ -194,7 +192,6 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         header_prefix=_header_prefix(raw.get("header_prefix")),
         upstream_headers=bool(_default(raw.get("upstream_headers"), True)),
         client_reason=bool(_default(raw.get("client_reason"), True)),
-        guard_marker=bool(raw.get("guard_marker")),
         token=token,
     )
 

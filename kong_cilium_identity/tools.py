@@ -59,7 +59,10 @@ def load_config(raw: Any) -> Config:
 
 
 def validate(path: Path) -> list[str]:
-    """One line per plugin config: ``OK where`` or ``ERROR where: why``."""
+    """One line per plugin config: ``OK where`` or ``ERROR where: why``; then one
+    ``ERROR`` line per scope where cilium-identity runs without cilium-identity-guard (a
+    dead plugin server would fail open there) or the guard runs without cilium-identity
+    (every request there would be refused)."""
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
     configs = plugin_configs(document)
     if not configs:
@@ -72,6 +75,89 @@ def validate(path: Path) -> list[str]:
             lines.append(f"ERROR {where}: {error}")
         else:
             lines.append(f"OK {where}")
+    if isinstance(document, Mapping) and "_format_version" in document:
+        lines.extend(guard_coverage(document))
+    return lines
+
+
+GUARD_NAME = "cilium-identity-guard"
+
+# A scope is () for global, ("service", name) or ("route", name).
+Scope = tuple[str, ...]
+
+
+def _scopes(document: Mapping[str, Any]) -> tuple[dict[str, list[Scope]], dict[str, str]]:
+    """(plugin name -> the scopes it is configured at, route name -> its service name)."""
+    found: dict[str, list[Scope]] = {}
+    route_service: dict[str, str] = {}
+
+    def add(plugins: Any, scope: Scope) -> None:
+        for plugin in plugins or []:
+            if isinstance(plugin, Mapping) and isinstance(plugin.get("name"), str):
+                found.setdefault(plugin["name"], []).append(scope)
+
+    for plugin in document.get("plugins") or []:
+        if not isinstance(plugin, Mapping):
+            continue
+        if plugin.get("route"):
+            add([plugin], ("route", str(plugin["route"])))
+        elif plugin.get("service"):
+            add([plugin], ("service", str(plugin["service"])))
+        elif not plugin.get("consumer"):
+            add([plugin], ())
+    for service in document.get("services") or []:
+        service_name = str(service.get("name") or "")
+        add(service.get("plugins"), ("service", service_name))
+        for route in service.get("routes") or []:
+            route_service[str(route.get("name") or "")] = service_name
+            add(route.get("plugins"), ("route", str(route.get("name") or "")))
+    for route in document.get("routes") or []:
+        service = route.get("service")
+        named = service.get("name") if isinstance(service, Mapping) else service
+        route_service[str(route.get("name") or "")] = str(named or "")
+        add(route.get("plugins"), ("route", str(route.get("name") or "")))
+    return found, route_service
+
+
+def _covers(outer: Scope, inner: Scope, route_service: Mapping[str, str]) -> bool:
+    """True when a plugin at ``outer`` runs on every request a plugin at ``inner`` runs on."""
+    if outer == () or outer == inner:
+        return True
+    return (
+        outer[0] == "service"
+        and inner[:1] == ("route",)
+        and route_service.get(inner[1]) == outer[1]
+    )
+
+
+def _describe(scope: Scope) -> str:
+    return "global" if scope == () else f"{scope[0]} {scope[1]!r}"
+
+
+def guard_coverage(document: Mapping[str, Any]) -> list[str]:
+    """ERROR lines for scopes where cilium-identity and cilium-identity-guard do not pair."""
+    scopes, routes = _scopes(document)
+    plugin_scopes, guard_scopes = scopes.get(name, []), scopes.get(GUARD_NAME, [])
+
+    def guarded(scope: Scope) -> bool:
+        if any(_covers(guard, scope, routes) for guard in guard_scopes):
+            return True
+        # a service is also covered when each of its routes has the guard
+        inner = [("route", route) for route, service in routes.items() if scope[1:] == (service,)]
+        return scope[:1] == ("service",) and bool(inner) and all(map(guarded, inner))
+
+    lines = [
+        f"ERROR {_describe(scope)}: {name} without {GUARD_NAME}; if the plugin server is "
+        f"down, Kong proxies these requests unchecked: add {GUARD_NAME} here"
+        for scope in plugin_scopes
+        if not guarded(scope)
+    ]
+    lines.extend(
+        f"ERROR {_describe(scope)}: {GUARD_NAME} where {name} does not run on every "
+        f"request; it refuses those requests: scope the guard like {name}"
+        for scope in guard_scopes
+        if not any(_covers(plugin, scope, routes) for plugin in plugin_scopes)
+    )
     return lines
 
 

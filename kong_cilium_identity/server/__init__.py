@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from importlib.resources import files
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -29,16 +28,7 @@ from kong_cilium_identity.server.runtime import Limits, Runtime
 from kong_cilium_identity.server.socket_file import SocketFile
 from kong_cilium_identity.server.transport import Listener
 
-__all__ = [
-    "GUARD_CTX_KEY",
-    "Limits",
-    "PluginSpec",
-    "SocketFile",
-    "StdinWatch",
-    "guard_snippet",
-    "plugin_info",
-    "serve",
-]
+__all__ = ["Limits", "PluginSpec", "SocketFile", "StdinWatch", "plugin_info", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +36,6 @@ SUPERVISOR_TICK = 0.01
 EXIT_OK = 0
 EXIT_STUCK = 70  # EX_SOFTWARE: plugin code wedged every thread; Kong respawns us
 
-# The plugin sets kong.ctx.shared[GUARD_CTX_KEY] = True on every request it lets through;
-# the guard snippet (deploy/guard.lua) refuses requests without it.
-GUARD_CTX_KEY = "cilium_identity_decided"
 DEFAULT_SOCKET_FILE = SocketFile()
 
 
@@ -64,11 +51,6 @@ class StdinWatch(enum.StrEnum):
     AUTO = "auto"  # watch when stdin is a pipe or a socket, otherwise not
     ON = "on"  # EOF on stdin (whatever it is) stops the server
     OFF = "off"  # never watch; stop only on SIGTERM/SIGINT
-
-
-def guard_snippet() -> str:
-    """The Lua source for post-function's ``access`` list (see deploy/guard.lua)."""
-    return files("kong_cilium_identity").joinpath("deploy", "guard.lua").read_text()
 
 
 def plugin_info(

@@ -115,7 +115,7 @@ class Event:
         if method.startswith(LOG_METHOD_PREFIX):
             args = tuple(a if type(a) in _LOG_ARG_TYPES else str(a) for a in args)
         answer = self.greenlet.parent.switch({"Method": method, "Args": list(args)})
-        if method in protocol.TERMINAL_METHODS:
+        if method in protocol.ENDING_METHODS:
             return None  # kong-pdk: exit/error return at once and the code runs on
         data, err = answer
         if self.lua_style:
@@ -127,7 +127,7 @@ class Event:
     def _after_finish(self, method: str) -> Any:
         """A PDK call after Kong was told the event ended (code after ``exit``): Kong will
         never answer it. Logging is dropped quietly; anything else is an error."""
-        if method.startswith(LOG_METHOD_PREFIX) or method in protocol.TERMINAL_METHODS:
+        if method.startswith(LOG_METHOD_PREFIX) or method in protocol.ENDING_METHODS:
             return (None, None) if self.lua_style else None
         err = f"{method}: the request already finished"
         if self.lua_style:
@@ -153,10 +153,17 @@ def _run_phase(handler: Callable[[Any], object], event_id: int) -> Callable[[Any
 
 class EventTable:
     """Live events by id. Ids start at a random point of the 31-bit space so that an id
-    from before a restart does not name a live event of this process."""
+    from before a restart does not name a live event of this process.
+
+    It also remembers *settled* events (ended by a settling call, see
+    ``protocol.SETTLING_METHODS``) whose last Step Kong may or may not send, for at most
+    ``SETTLED_KEEP`` of them, oldest dropped first."""
+
+    SETTLED_KEEP: Final = 65536
 
     def __init__(self) -> None:
         self._events: dict[int, Event] = {}
+        self._settled: dict[int, None] = {}  # insertion-ordered
         self._next = secrets.randbelow(ID_SPACE)
 
     def __len__(self) -> int:
@@ -164,7 +171,7 @@ class EventTable:
 
     def new_id(self) -> int:
         event_id = self._next
-        while event_id in self._events:
+        while event_id in self._events or event_id in self._settled:
             event_id = (event_id + 1) % ID_SPACE
         self._next = (event_id + 1) % ID_SPACE
         return event_id
@@ -177,3 +184,13 @@ class EventTable:
 
     def remove(self, event: Event) -> bool:
         return self._events.pop(event.id, None) is not None
+
+    def settle(self, event_id: int) -> None:
+        """Remember an event that ended with a settling call."""
+        self._settled[event_id] = None
+        if len(self._settled) > self.SETTLED_KEEP:
+            del self._settled[next(iter(self._settled))]
+
+    def take_settled(self, event_id: Any) -> bool:
+        """True (once) when ``event_id`` is a settled event: its last Step gets "ret"."""
+        return isinstance(event_id, int) and self._settled.pop(event_id, 0) is None

@@ -25,6 +25,10 @@ from kong_cilium_identity.server.events import EVENT_ATTRIBUTE, Event
 class KongProxy:
     """One node of the ``kong`` attribute tree; children are created once and cached."""
 
+    # Plugin code may end its event with a settling call (protocol.SETTLING_METHODS): this
+    # server answers Kong's possible last Step itself. kong-pdk's server would block.
+    settling_calls = True
+
     def __init__(self, path: str) -> None:
         self._path = path
 

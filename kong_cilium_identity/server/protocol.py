@@ -37,6 +37,11 @@ STEP_VARIANTS: Final = frozenset(
 
 RETURNED: Final = "ret"
 TERMINAL_METHODS: Final = frozenset({"kong.response.exit", "kong.response.error"})
+# Calls that end the plugin's part of the event but that Kong may still answer: the
+# cilium-identity-guard companion's ``apply`` either ends the request inside Kong (no Step
+# follows) or returns, and Kong then sends one more Step, answered with "ret".
+SETTLING_METHODS: Final = frozenset({"kong.cilium_identity.apply"})
+ENDING_METHODS: Final = TERMINAL_METHODS | SETTLING_METHODS
 # Phases kong-pdk detects on a Plugin class, in kong-pdk's order.
 PHASES: Final = ("certificate", "rewrite", "log", "access", "preread", "response")
 # Phases that run after the response is sent: refusing the request is no longer possible.

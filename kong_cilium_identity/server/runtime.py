@@ -445,6 +445,9 @@ class Runtime:
         request = _first_map(params)
         event_id = request.get("EventId")
         event = self.events.get(event_id)
+        if event is None and self.events.take_settled(event_id):
+            conn.reply(msgid, protocol.event_result(event_id, protocol.RETURNED))
+            return
         if event is None or event.state is not State.PARKED:
             # kong-pdk replies with this error and Kong then proxies the request: refuse it.
             log.warning("%s; the request is refused", protocol.event_not_found(event_id))
@@ -479,8 +482,10 @@ class Runtime:
                 self._finish(worker, event, protocol.RETURNED)
             else:
                 self._finish(worker, event, protocol.fail_closed_for(event.phase))
-        elif out.get("Method") in protocol.TERMINAL_METHODS:
+        elif out.get("Method") in protocol.ENDING_METHODS:
             if self._finish(worker, event, out):
+                if out.get("Method") in protocol.SETTLING_METHODS:
+                    self.events.settle(event.id)
                 self._advance(worker, event, None)  # kong-pdk: the code runs on after exit
         elif self._send(worker, event, out):
             event.state = State.PARKED

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+_NOTHING = object()
 MODES = ("ok", "fail", "stall", "garbage", "forbidden", "rate_limited", "storage")
 
 
@@ -33,6 +34,9 @@ MODES = ("ok", "fail", "stall", "garbage", "forbidden", "rate_limited", "storage
 class AgentState:
     ip_entries: list[dict[str, Any]] = field(default_factory=list)
     identities: dict[int, list[str]] = field(default_factory=dict)
+    # Raw bodies served as they are (e.g. wrongly typed objects), keyed like the requests.
+    raw_ip_answers: dict[str, Any] = field(default_factory=dict)  # by cidr query
+    raw_identities: dict[int, Any] = field(default_factory=dict)
     mode: str = "ok"
     delay: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
@@ -130,6 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with state.lock:
             entries = list(state.ip_entries)
+            raw = state.raw_ip_answers.get(cidr, _NOTHING)
+        if raw is not _NOTHING:
+            self._json(200, raw)
+            return
         found = [
             entry
             for entry in entries
@@ -148,7 +156,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with self.server.state.lock:
             labels = self.server.state.identities.get(identity)
-        if labels is None:
+            raw = self.server.state.raw_identities.get(identity, _NOTHING)
+        if raw is not _NOTHING:
+            self._json(200, raw)
+        elif labels is None:
             self._send(404, b"", "application/json")
         else:
             self._json(200, identity_model(identity, labels))

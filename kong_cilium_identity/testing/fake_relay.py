@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from kong_cilium_identity.identity.sources.hubble_flows import ports, seconds
+from kong_cilium_identity.identity.sources.hubble_json import read_line
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2
 from kong_cilium_identity.proto.relay import relay_pb2
@@ -32,13 +32,14 @@ GARBAGE = b"\xff\xff\xff\xff\x0f not a protobuf"
 
 
 def load_jsonl(path: Path) -> list[observer_pb2.GetFlowsResponse]:
-    """Parse ``hubble observe -o json`` output (one GetFlowsResponse per line)."""
+    """Read ``hubble observe -o json`` output (one GetFlowsResponse per line) strictly:
+    lines with a wrongly typed field are left out (``hubble_json``)."""
     responses = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
-            responses.append(
-                json_format.Parse(line, observer_pb2.GetFlowsResponse(), ignore_unknown_fields=True)
-            )
+            response = read_line(line)
+            if response is not None:
+                responses.append(response)
     return responses
 
 
@@ -76,6 +77,22 @@ def _pod_in(endpoint: flow_pb2.Endpoint, patterns: Sequence[str]) -> bool:
     return False
 
 
+def _event_type_in(flow: flow_pb2.Flow, wanted: Sequence[flow_pb2.EventTypeFilter]) -> bool:
+    event = flow.event_type
+    return any(
+        event.type == f.type and (not f.match_sub_type or event.sub_type == f.sub_type)
+        for f in wanted
+    )
+
+
+def _reply_in(flow: flow_pb2.Flow, wanted: Sequence[bool]) -> bool:
+    """Hubble's rule: a flow whose ``is_reply`` is unknown matches neither value, except
+    a dropped flow, which counts as not a reply."""
+    if not flow.HasField("is_reply") and flow.verdict != flow_pb2.DROPPED:
+        return False
+    return flow.is_reply.value in wanted
+
+
 def matches(flow: flow_pb2.Flow, selected: flow_pb2.FlowFilter) -> bool:
     """One FlowFilter: every field that is set must match (values of a field are ORed)."""
     flow_ports = ports(flow)
@@ -98,6 +115,8 @@ def matches(flow: flow_pb2.Flow, selected: flow_pb2.FlowFilter) -> bool:
             and flow.destination.identity not in selected.destination_identity
         )
         or (selected.verdict and flow.verdict not in selected.verdict)
+        or (selected.event_type and not _event_type_in(flow, selected.event_type))
+        or (selected.reply and not _reply_in(flow, selected.reply))
         or (selected.node_name and flow.node_name not in selected.node_name)
         or (selected.traffic_direction and flow.traffic_direction not in selected.traffic_direction)
     )
@@ -316,26 +335,50 @@ def make_flow(
     *,
     namespace: str = "",
     pod: str = "",
+    endpoint_id: int | None = None,
+    cluster: str = "",
     destination_ip: str = "10.0.0.100",
     source_port: int = 40000,
     destination_port: int = 8000,
     at: float | None = None,
     node: str = "fake-node",
+    flow_type: int = flow_pb2.L3_L4,
+    event_type: int = 4,
+    is_reply: bool | None = False,
+    verdict: int = flow_pb2.FORWARDED,
+    point: int = flow_pb2.TO_ENDPOINT,
 ) -> flow_pb2.Flow:
-    """A forwarded TCP ingress flow from a pod endpoint towards Kong."""
+    """A TCP ingress trace flow towards Kong (forwarded, not a reply, ``TO_ENDPOINT``).
+
+    The source names an endpoint the way Hubble does for a Cilium-managed pod: with
+    ``pod`` when given, else (for a pod identity) with a local endpoint id derived from
+    the identity. Pass ``endpoint_id=0`` and no pod for a flow that names no endpoint
+    (a node or SNAT address). ``is_reply=None`` leaves ``is_reply`` unknown.
+    """
+    if endpoint_id is None:
+        endpoint_id = 0 if pod or not 256 <= identity < 1 << 24 else 1 + identity % 4000
     flow = flow_pb2.Flow(
-        verdict=flow_pb2.FORWARDED,
+        verdict=verdict,  # type: ignore[arg-type]
         IP=flow_pb2.IP(source=source_ip, destination=destination_ip, ipVersion=flow_pb2.IPv4),
         l4=flow_pb2.Layer4(
             TCP=flow_pb2.TCP(source_port=source_port, destination_port=destination_port)
         ),
         source=flow_pb2.Endpoint(
-            identity=identity, labels=list(labels), namespace=namespace, pod_name=pod
+            ID=endpoint_id,
+            identity=identity,
+            labels=list(labels),
+            namespace=namespace,
+            pod_name=pod,
+            cluster_name=cluster,
         ),
         destination=flow_pb2.Endpoint(identity=4242, namespace="kong", pod_name="kong-0"),
-        Type=flow_pb2.L3_L4,
+        Type=flow_type,  # type: ignore[arg-type]
+        event_type=flow_pb2.CiliumEventType(type=event_type),
         node_name=node,
         traffic_direction=flow_pb2.INGRESS,
+        trace_observation_point=point,  # type: ignore[arg-type]
     )
+    if is_reply is not None:
+        flow.is_reply.value = is_reply
     flow.time.FromNanoseconds(int((time.time() if at is None else at) * 1e9))
     return flow

@@ -9,9 +9,16 @@ event loop (``bridge_loop``) with Kong's failure semantics:
 * ``HandleEvent``/``Step`` fails (refused, timeout, closed, error reply): Kong logs it and the
   request goes upstream anyway (fail-open);
 * an error containing "no plugin instance": the plugin's instances are reset in every worker
-  and the event is retried (Kong retries without bound; we stop after
-  :data:`MAX_INSTANCE_RETRIES` so a broken server cannot hang a test);
-* a Lua ``error()`` inside a PDK function: the client gets 500 and the plugin gets no reply.
+  and the event is retried, without bound, as Kong's ``Rpc:handle_event`` recurses (set
+  ``max_event_retries`` only to turn a test that would spin forever into a failure);
+* a reply that carries neither a result nor an error (or the error ``false``): Kong's loop
+  ends without a word and the request goes upstream;
+* an error value that is not a string (a number, a table): ``err:lower()`` raises, HTTP 500;
+* a Lua ``error()`` inside a PDK function, or a reply cut mid-message: the client gets 500
+  and the plugin gets no reply.
+
+A failed ``StartInstance`` leaves no cached instance, so every later request on that worker
+sends ``StartInstance`` again (and gets 500 again while it fails).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from kong_cilium_identity.testing.msgpack_rpc import (
     RpcClient,
     RpcError,
     fix_result,
+    lua_text,
+    lua_type,
     step_method,
 )
 from kong_cilium_identity.testing.pdk import (
@@ -60,6 +69,7 @@ __all__ = [
     "ConfigRejected",
     "ConfiguredPlugin",
     "DumpRejected",
+    "EventLoopRunaway",
     "KongHarness",
     "KongRequest",
     "Outcome",
@@ -67,9 +77,12 @@ __all__ = [
 ]
 
 KONG_PHASES = frozenset({"certificate", "rewrite", "access", "response", "preread", "log"})
-MAX_INSTANCE_RETRIES = 3
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+")  # Lua's "^%d+%.%d+%.%d+": anchored at the start only
 _WS_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"
+
+
+class EventLoopRunaway(Exception):
+    """Kong would retry this event forever ("no plugin instance" on every attempt)."""
 
 
 class DumpRejected(Exception):
@@ -133,7 +146,7 @@ class Outcome:
 
 @dataclass
 class _Instance:
-    id: int | None
+    id: Any
     seq: int
     plugin_id: str
 
@@ -144,7 +157,7 @@ class _Worker:
 
     rpc: RpcClient
     instances: dict[str, _Instance] = field(default_factory=dict)
-    server_pid: int | None = None
+    server_pid: float | None = None
 
 
 @dataclass
@@ -208,6 +221,7 @@ class KongHarness:
         read_timeout: float = 60.0,
         workers: int = 1,
         start_timeout: float = 10.0,
+        max_event_retries: int | None = None,
     ) -> None:
         self.query_cmd = list(query_cmd)
         self.start_cmd = list(start_cmd) if start_cmd is not None else None
@@ -215,6 +229,7 @@ class KongHarness:
         self.socket_path = self.prefix / socket_name
         self.read_timeout = read_timeout
         self.start_timeout = start_timeout
+        self.max_event_retries = max_event_retries
         self.node_id = str(uuid.uuid4())
         self.kong_log: list[tuple[str, str]] = []
         self.server_output: list[str] = []
@@ -377,6 +392,8 @@ class KongHarness:
         rpc_calls: list[str] = []
         failed_open = False
         result = _PhaseResult()
+        if state.refusal is not None:  # nginx answered while reading the header block
+            return self._refused(state, started)
         with self._logging_to(state.kong_log):
             for phase in phases:
                 if phase == "log" or phase not in self.info.phases:
@@ -389,9 +406,7 @@ class KongHarness:
             if "log" in phases and "log" in self.info.phases:
                 saved = SavedForLog(
                     serialize_data=serialize(state, status=outcome.status),
-                    request_headers={
-                        k: v[0] if len(v) == 1 else list(v) for k, v in state.headers.items()
-                    },
+                    request_headers=state.headers.window(),  # ngx.req.get_headers(): 100
                     response_headers={
                         k: v[0] if len(v) == 1 else list(v)
                         for k, v in outcome.response_headers.items()
@@ -409,11 +424,22 @@ class KongHarness:
         outcome.elapsed = time.monotonic() - started
         return outcome
 
+    def _refused(self, state: RequestState, started: float) -> Outcome:
+        """400 from nginx itself (Kong's error handler renders it); no plugin, no upstream."""
+        refusal = state.refusal or ""
+        state.kong_log.append(("info", refusal))
+        too_large = "too long" in refusal or "too large" in refusal
+        message = "Request header or cookie too large" if too_large else HTTP_MESSAGES[400]
+        outcome = self._respond(state, _PhaseResult())
+        outcome.proxied, outcome.status = False, 400
+        outcome.body = {"message": message, "request_id": state.request_id}
+        outcome.upstream_headers = {}
+        outcome.response_headers = {"content-type": ["application/json; charset=utf-8"]}
+        outcome.elapsed = time.monotonic() - started
+        return outcome
+
     def _respond(self, state: RequestState, result: _PhaseResult) -> Outcome:
-        upstream = {
-            k: [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in vs]
-            for k, vs in state.headers.items()
-        }
+        upstream = {k: [lua_text(v) for v in vs] for k, vs in state.headers.grouped().items()}
         headers = {k: list(v) for k, v in state.response_headers.items()}
         body: dict[str, Any] | bytes | None
         if result.exit is not None:
@@ -467,7 +493,7 @@ class KongHarness:
             saved=saved,
         )
         try:
-            return self._handle_event(worker, plugin, phase, pdk, rpc_calls, retries=0)
+            return self._handle_event(worker, plugin, phase, pdk, rpc_calls)
         except ResponseExit as exit_:
             if saved is not None:  # exit is not allowed in the log timer
                 self._log("err", "function cannot be called in log phase")
@@ -484,33 +510,43 @@ class KongHarness:
         phase: str,
         pdk: Pdk,
         rpc_calls: list[str],
-        retries: int,
     ) -> _PhaseResult:
-        instance_id = self._get_instance_id(worker, plugin, rpc_calls)
-        err = self._bridge_loop(worker, instance_id, phase, pdk, rpc_calls)
-        if err is None:
-            return _PhaseResult()
-        if "no plugin instance" in err.lower():
+        """``Rpc:handle_event``: its tail call on "no plugin instance" as a loop."""
+        retries = 0
+        while True:
+            instance_id, err = self._get_instance_id(worker, plugin, rpc_calls)
+            if err is None:
+                done, err = self._bridge_loop(worker, instance_id, phase, pdk, rpc_calls)
+                if done:
+                    return _PhaseResult()
+            if err is None or err is False:  # `if err then` is not taken: silence
+                return _PhaseResult(failed_open=True)
+            if not isinstance(err, str | bytes):
+                raise LuaError(f"attempt to index a {lua_type(err)} value (err:lower())")
+            text = lua_text(err)
+            if "no plugin instance" not in text.lower():
+                self._log("err", text)
+                return _PhaseResult(failed_open=True)
             for w in self._workers:  # reset_instances_for_plugin + worker event (3.9: all)
                 w.instances.clear()
-            self._log("warn", err)
-            if retries >= MAX_INSTANCE_RETRIES:
-                self._log("err", f"harness: giving up after {retries} instance restarts")
-                return _PhaseResult(failed_open=True)
-            return self._handle_event(worker, plugin, phase, pdk, rpc_calls, retries + 1)
-        self._log("err", err)
-        return _PhaseResult(failed_open=True)
+            self._log("warn", text)
+            retries += 1
+            if self.max_event_retries is not None and retries > self.max_event_retries:
+                raise EventLoopRunaway(f"{retries - 1} retries on {text!r}")
 
-    def _get_instance_id(self, worker: int, plugin: ConfiguredPlugin, rpc_calls: list[str]) -> int:
+    def _get_instance_id(
+        self, worker: int, plugin: ConfiguredPlugin, rpc_calls: list[str]
+    ) -> tuple[Any, str | None]:
+        """``get_instance_id``: ``(id, None)``, or ``(None, err)``; a failed StartInstance is a
+        Lua ``error()`` (HTTP 500) and leaves nothing cached, so the next request retries."""
         w = self._workers[worker]
         cached = w.instances.get(plugin.id)
-        if (
-            cached is not None
-            and cached.id is not None
-            and cached.seq == plugin.seq
-            and cached.plugin_id == plugin.id
-        ):
-            return cached.id
+        if cached is not None and (cached.id is None or cached.id is False):
+            # Kong polls 10 s for another coroutine to finish starting it, then gives up.
+            del w.instances[plugin.id]
+            return None, f"Could not claim instance_id for {self.info.name} (key: {plugin.id})"
+        if cached is not None and cached.seq == plugin.seq and cached.plugin_id == plugin.id:
+            return cached.id, None
         old_id = cached.id if cached is not None else None
         try:
             status = self._call(
@@ -523,60 +559,68 @@ class KongHarness:
             w.instances.pop(plugin.id, None)
             self._log("err", f"starting instance: {exc}")
             raise LuaError(str(exc)) from exc
-        new_id = status.get("Id") if isinstance(status, dict) else None
-        if not isinstance(new_id, int):
-            raise LuaError("StartInstance returned no instance id")
+        if status is None or status is False:  # `status == nil` -> return nil, nil
+            w.instances.pop(plugin.id, None)
+            self._log("err", "starting instance: nil")
+            raise LuaError("nil")
+        new_id = _index(status, "Id")  # Kong does not check it: a missing Id is cached as nil
         w.instances[plugin.id] = _Instance(id=new_id, seq=plugin.seq, plugin_id=plugin.id)
         if old_id is not None:
             with contextlib.suppress(RpcError):  # "maybe other thread closed it first"
                 self._call(w, rpc_calls, "plugin.CloseInstance", old_id)
-        return new_id
+        return new_id, None
 
     def _bridge_loop(
-        self, worker: int, instance_id: int, phase: str, pdk: Pdk, rpc_calls: list[str]
-    ) -> str | None:
-        """Kong's ``bridge_loop``; returns the RPC error string, or None when done."""
+        self, worker: int, instance_id: Any, phase: str, pdk: Pdk, rpc_calls: list[str]
+    ) -> tuple[bool, Any]:
+        """Kong's ``bridge_loop``: ``(True, None)`` at "ret", else ``(False, err)``.
+
+        ``err`` is the Lua value Kong got: a string, ``False``, any other reply error, or
+        ``None`` when a reply carried neither result nor error (``nil, nil``).
+        """
         w = self._workers[worker]
         try:
-            step_in = self._call(
-                w, rpc_calls, "plugin.HandleEvent", {"InstanceId": instance_id, "EventName": phase}
-            )
+            event = {"InstanceId": instance_id, "EventName": phase}
+            step_in = self._call(w, rpc_calls, "plugin.HandleEvent", _lua_table(event))
         except RpcError as exc:
-            return str(exc)
-        event_id = step_in.get("EventId") if isinstance(step_in, dict) else None
+            return False, exc.value
+        if step_in is None or step_in is False:  # `if not step_in then return step_in, err`
+            return False, None
+        event_id = _index(step_in, "EventId")
         while True:
-            data = step_in.get("Data") if isinstance(step_in, dict) else None
+            data = _index(step_in, "Data")
             if data == "ret":
-                return None
-            if not isinstance(data, dict):
-                raise LuaError("attempt to index field 'Data' (a nil value)")
-            method = data.get("Method")
-            if not isinstance(method, str):
-                raise LuaError("bad PDK method name from the plugin server")
-            result = self._call_pdk_method(pdk, method, data.get("Args"))
-            payload: dict[str, Any] = {"EventId": event_id}
-            if result is not None:
-                payload["Data"] = result
+                return True, None
+            if not isinstance(data, dict | list):
+                raise LuaError(f"attempt to index field 'Data' (a {lua_type(data)} value)")
+            table = data if isinstance(data, dict) else dict(enumerate(data, start=1))
+            result = self._call_pdk_method(pdk, table.get("Method"), table.get("Args"))
+            payload = _lua_table({"EventId": event_id, "Data": result})
             try:
-                step_in = self._call(w, rpc_calls, step_method(method, result), payload)
+                step_in = self._call(w, rpc_calls, step_method(table["Method"], result), payload)
             except RpcError as exc:
-                return str(exc)
+                return False, exc.value
+            if step_in is None or step_in is False:
+                return False, None
 
-    def _call_pdk_method(self, pdk: Pdk, method: str, args: Any) -> Any:
-        pdk.state.pdk_calls.append(method)
+    def _call_pdk_method(self, pdk: Pdk, method: Any, args: Any) -> Any:
+        """``call_pdk_method``: look the name up like ``rpc_util.index_table``, apply the
+        args like ``method(unpack(args))``, keep the first return value, apply ``must_fix``."""
+        name = pdk.resolve(method)  # a Lua error for a name that is no string
+        pdk.state.pdk_calls.append(name)
         if self.before_pdk_call is not None:
-            self.before_pdk_call(method)
-        if not pdk.has(method):
-            self._log("err", f"could not find pdk method: {method}")
+            self.before_pdk_call(name)
+        if not pdk.has(name):
+            self._log("err", f"could not find pdk method: {name}")
             return None
         try:
-            result = pdk.call(method, args)
+            result = pdk.call(name, args)
         except (ResponseExit, LuaError):
             raise
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             # What a Lua runtime error (bad comparison, indexing nil, ...) would be.
-            raise LuaError(f"{method}: {exc}") from exc
-        return fix_result(method, result) if result is not None else None
+            raise LuaError(f"{name}: {exc}") from exc
+        return fix_result(name, result)
 
     def _call(self, w: _Worker, rpc_calls: list[str], method: str, *params: Any) -> Any:
         rpc_calls.append(method)
@@ -606,13 +650,12 @@ class KongHarness:
 
     @staticmethod
     def _notification(w: _Worker, label: Any, args: Any) -> None:
-        """``rpc_notifications:serverPid``: a new server pid drops this RPC's instances."""
+        """``rpc_notifications:serverPid``: ``tonumber(n)``; a pid that differs from a known
+        one (a value that is no number counts as nil, so it differs too) drops this RPC's
+        instances."""
         if label != "serverPid":
             return
-        try:
-            pid = int(args)
-        except (TypeError, ValueError):
-            return
+        pid = _lua_tonumber(args)
         if w.server_pid is not None and pid != w.server_pid:
             w.instances.clear()
         w.server_pid = pid
@@ -671,6 +714,35 @@ class KongHarness:
     def _close_pools(self) -> None:
         for w in self._workers:
             w.rpc.close()
+
+
+def _lua_tonumber(value: Any) -> float | None:
+    """Lua's ``tonumber`` for what msgpack carries (numbers and numeric strings)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str | bytes):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _lua_table(fields: dict[str, Any]) -> dict[str, Any]:
+    """A table constructor in Kong's Lua: a field set to nil is no key at all."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _index(value: Any, key: str) -> Any:
+    """``value.key`` in Lua: tables answer (an array has no string keys), strings index
+    the string library (nil), anything else raises."""
+    if isinstance(value, dict):
+        return value.get(key)
+    if isinstance(value, list | str | bytes):
+        return None
+    raise LuaError(f"attempt to index a {lua_type(value)} value")
 
 
 def _decode_body(raw: bytes | None, headers: dict[str, list[str]]) -> dict[str, Any] | bytes | None:

@@ -24,7 +24,16 @@ import msgpack
 
 
 class RpcError(Exception):
-    """An RPC that failed the way ``Rpc:call`` reports it: ``nil, err``."""
+    """An RPC that failed the way ``Rpc:call`` reports it: ``nil, err``.
+
+    ``value`` is the Lua value of ``err``: a string for socket failures ("no data",
+    "connection refused"), or whatever the server put in the reply's error slot (a Lua
+    string, or ``False``, a number, a table...); Kong treats each differently.
+    """
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(lua_text(value) if isinstance(value, str | bytes) else repr(value))
+        self.value = value
 
 
 class LuaError(Exception):
@@ -81,7 +90,7 @@ _RAW_METHODS = frozenset(
 )
 
 
-def step_method(pdk_method: str, result: Any) -> str:
+def step_method(pdk_method: Any, result: Any) -> str:
     """The Step RPC Kong uses to return ``result`` of ``pdk_method``.
 
     Kong's ``StepError`` branch needs a second Lua return value, which ``call_pdk_method``
@@ -89,7 +98,8 @@ def step_method(pdk_method: str, result: Any) -> str:
     """
     if isinstance(result, dict) and isinstance(result.get("_method"), str):
         return str(result["_method"])
-    return STEP_METHOD.get(pdk_method, "plugin.Step")
+    named = STEP_METHOD.get(pdk_method) if isinstance(pdk_method, str) else None
+    return named or "plugin.Step"
 
 
 def fix_result(pdk_method: str, result: Any) -> Any:
@@ -103,6 +113,11 @@ def fix_result(pdk_method: str, result: Any) -> Any:
             raise LuaError("attempt to get length of a nil value")
         return Binary(result.encode() if isinstance(result, str) else result)
     return result
+
+
+def lua_text(value: str | bytes) -> str:
+    """A Lua string as text: invalid UTF-8 bytes survive as surrogate escapes."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def lua_type(value: Any) -> str:
@@ -127,23 +142,27 @@ def encode(value: Any) -> bytes:
     * ``str`` and ``bytes`` are Lua strings: msgpack **str** (``string_compat``: fixstr,
       str16, str32; never str8, never bin), so ``bytes`` may carry invalid UTF-8;
     * :class:`Binary` is msgpack bin, :class:`MultiMap` follows ``fix_mmap``;
-    * ``None`` is nil; a float with an integral value is packed as an integer (Lua has one
-      number type and the packer picks the integer form);
-    * an empty ``dict`` or ``list`` is an empty Lua table: an empty **array**.
+    * ``None`` is nil; inside a table it stands for ``cjson.null`` (a database null, which
+      Kong's packer writes as nil in place), since a Lua table cannot hold a real nil;
+    * numbers are Lua numbers (doubles): integral values strictly inside +-(2^53 - 1) are
+      packed as integers, everything else as a double (the packer's ``maxinteger`` test);
+    * a table is an **array** when its keys are exactly the integers 1..n
+      (``set_array'without_hole'``), else a map: an empty ``dict``/``list`` is an empty
+      array, ``{1: "a", 2: "b"}`` is ``["a", "b"]`` and ``{1: "a", 3: "c"}`` stays a map.
     """
     out = bytearray()
     _pack(value, out)
     return bytes(out)
 
 
+_LUA_MAXINTEGER = 2**53 - 1
+
+
 def _pack(value: Any, out: bytearray) -> None:
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         out += msgpack.packb(value)
-    elif isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) < 2**63:
-            out += msgpack.packb(int(value))
-        else:
-            out += msgpack.packb(value, use_single_float=False)
+    elif isinstance(value, int | float):
+        _pack_number(value, out)
     elif isinstance(value, str | bytes):
         raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
         _pack_str(raw, out)
@@ -156,15 +175,37 @@ def _pack(value: Any, out: bytearray) -> None:
         for item in value:
             _pack(item, out)
     elif isinstance(value, Mapping):
-        if not value:
-            _pack_array_header(0, out)
-            return
-        _pack_map_header(len(value), out)
-        for key, item in value.items():
-            _pack(key, out)
-            _pack(item, out)
+        _pack_table(value, out)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as a Lua value")
+
+
+def _pack_number(value: float, out: bytearray) -> None:
+    if math.isfinite(value) and value == int(value) and abs(value) < _LUA_MAXINTEGER:
+        out += msgpack.packb(int(value))
+    else:
+        out += msgpack.packb(float(value), use_single_float=False)
+
+
+def _is_index(key: Any) -> bool:
+    return isinstance(key, int | float) and not isinstance(key, bool) and key > 0
+
+
+def _pack_table(table: Mapping[Any, Any], out: bytearray) -> None:
+    """lua-MessagePack's table packer: an array when the keys are exactly 1..n."""
+    entries = list(table.items())
+    is_map = any(not _is_index(k) for k, _ in entries)
+    if not is_map and max((k for k, _ in entries), default=0) != len(entries):
+        is_map = True  # a hole (or a fractional key)
+    if is_map:
+        _pack_map_header(len(entries), out)
+        for key, item in entries:
+            _pack(key, out)
+            _pack(item, out)
+        return
+    _pack_array_header(len(entries), out)
+    for _, item in sorted(entries, key=lambda entry: float(entry[0])):
+        _pack(item, out)
 
 
 def _pack_str(raw: bytes, out: bytearray) -> None:
@@ -241,7 +282,12 @@ class RpcClient:
         self.msg_id = 0
 
     def call(self, method: str, *params: Any) -> Any:
-        """Send ``[0, id, method, params]``; return the result or raise :class:`RpcError`."""
+        """Send ``[0, id, method, params]``; return the result or raise :class:`RpcError`.
+
+        Like ``Rpc:call``: a notification is handled and reading goes on; a reply with a
+        non-nil error slot is ``nil, err`` (raised as :class:`RpcError` carrying the value);
+        a nil result with no error is returned as ``None`` (Kong gets ``nil, nil``).
+        """
         self.msg_id += 1
         msg_id = self.msg_id
         conn = self._connect()
@@ -250,23 +296,28 @@ class RpcClient:
         except OSError as exc:
             conn.close()
             raise RpcError(_os_error_text(exc)) from exc
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        reader = _Reader(conn, self.read_timeout, self._log)
         while True:
-            message = self._read_message(conn, unpacker)
-            if isinstance(message, list | tuple) and message and message[0] == 2:
-                if self.on_notification is not None and len(message) >= 3:
-                    self.on_notification(message[1], message[2])
+            message = reader.next_message()
+            if not isinstance(message, list):
+                conn.close()
+                raise LuaError(f"attempt to index local 'data' (a {lua_type(message)} value)")
+            if message and message[0] == 2:
+                if self.on_notification is not None:
+                    label = message[1] if len(message) > 1 else None
+                    self.on_notification(label, message[2] if len(message) > 2 else None)
                 continue
-            if not isinstance(message, list | tuple) or len(message) < 4 or message[0] != 1:
+            if not message or message[0] != 1:
                 conn.close()
                 raise LuaError("RPC response expected from Go plugin server")
-            if message[1] != msg_id:
+            if len(message) < 2 or message[1] != msg_id:
                 conn.close()
                 raise LuaError("unexpected RPC response ID from Go plugin server")
             self._pool.append(conn)
-            if message[2] is not None:
-                raise RpcError(str(message[2]))
-            return message[3]
+            error = message[2] if len(message) > 2 else None
+            if error is not None:
+                raise RpcError(error)
+            return message[3] if len(message) > 3 else None
 
     def close(self) -> None:
         """Close every pooled connection (a worker exiting)."""
@@ -290,24 +341,75 @@ class RpcClient:
             raise RpcError(err) from exc
         return conn
 
-    def _read_message(self, conn: socket.socket, unpacker: msgpack.Unpacker) -> Any:
-        conn.settimeout(self.read_timeout)
+
+class _Reader:
+    """lua-MessagePack's ``unpacker`` over ``receiveany(4096)``, as ``Rpc:call`` uses it.
+
+    At a message boundary with nothing buffered, a failed read (closed, reset, timed out)
+    ends the iterator: Kong reports ``nil, "no data"``. A failed read in the middle of a
+    message raises inside the unpacker ("missing bytes"): a Lua error, so HTTP 500. Bytes
+    that are not MessagePack are a Lua error too.
+    """
+
+    def __init__(self, conn: socket.socket, read_timeout: float, log: LogFn) -> None:
+        self._conn = conn
+        self._timeout = read_timeout
+        self._log = log
+        self._unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, ext_hook=_ext_is_nil)
+        self._fed = 0
+        self._boundary = 0  # bytes up to the end of the last whole message
+
+    def next_message(self) -> Any:
+        self._conn.settimeout(self._timeout)
         while True:
             try:
-                return next(unpacker)
+                message = next(self._unpacker)
+                self._boundary = self._unpacker.tell()
+                return from_wire(message)
             except StopIteration:
                 pass
-            try:
-                chunk = conn.recv(4096)
-            except TimeoutError:
-                self._log("err", "lua tcp socket read timed out")
-                chunk = b""
-            except OSError:
-                chunk = b""
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                self._conn.close()
+                raise LuaError(f"bad MessagePack from the plugin server: {exc}") from exc
+            chunk = self._recv()
             if not chunk:
-                conn.close()
+                self._conn.close()
+                if self._fed > self._boundary:
+                    raise LuaError("missing bytes")
                 raise RpcError("no data")
-            unpacker.feed(chunk)
+            self._fed += len(chunk)
+            self._unpacker.feed(chunk)
+
+    def _recv(self) -> bytes:
+        try:
+            return self._conn.recv(4096)
+        except TimeoutError:
+            self._log("err", "lua tcp socket read timed out")
+        except OSError:
+            pass
+        return b""
+
+
+def _ext_is_nil(code: int, data: bytes) -> None:
+    """lua-MessagePack's default ``build_ext`` returns nil for every extension type."""
+    return None
+
+
+def from_wire(value: Any) -> Any:
+    """A decoded value as Kong holds it: str and bin are both Lua strings (no UTF-8 check).
+
+    Valid UTF-8 becomes ``str``; anything else stays ``bytes``, as Kong passes it on.
+    """
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    if isinstance(value, list):
+        return [from_wire(item) for item in value]
+    if isinstance(value, dict):
+        return {from_wire(k): from_wire(v) for k, v in value.items()}
+    return value
 
 
 def _is_idle(conn: socket.socket) -> bool:

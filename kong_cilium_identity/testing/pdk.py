@@ -14,15 +14,21 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-from kong_cilium_identity.testing.msgpack_rpc import LuaError, lua_type
-
-LuaStr = str | bytes
-HeaderValue = LuaStr | list[LuaStr]
+from kong_cilium_identity.testing.msgpack_rpc import LuaError, lua_text, lua_type
+from kong_cilium_identity.testing.nginx_headers import (
+    DEFAULT_MAX_HEADERS,
+    HeaderInput,
+    HeaderList,
+    HeaderValue,
+    LuaStr,
+    header_key,
+    receive,
+)
 
 # Kong's ``kong.response.error`` default messages (``HTTP_MESSAGES`` in pdk/response.lua).
 HTTP_MESSAGES: dict[int, str] = {
@@ -86,7 +92,9 @@ class KongRequest:
     method: str = "GET"
     host: str = "kong.local"
     path: str = "/"
-    headers: dict[str, HeaderValue] = field(default_factory=dict)
+    # A mapping (insertion order is arrival order; a list value is consecutive lines) or
+    # (name, value) lines in arrival order, to interleave names.
+    headers: HeaderInput = field(default_factory=dict)
     consumer: dict[str, Any] | None = None
     credential: dict[str, Any] | None = None
     ctx_shared: dict[str, Any] = field(default_factory=dict)
@@ -124,7 +132,8 @@ class RequestState:
     request: KongRequest
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = field(default_factory=time.time)
-    headers: dict[str, list[LuaStr]] = field(default_factory=dict)
+    headers: HeaderList = field(default_factory=lambda: HeaderList([]))
+    refusal: str | None = None  # nginx refused the header block (400) before any plugin
     response_headers: dict[str, list[str]] = field(default_factory=dict)
     ngx_ctx: dict[str, Any] = field(default_factory=dict)
     ctx_shared: dict[str, Any] = field(default_factory=dict)
@@ -137,10 +146,14 @@ class RequestState:
     @classmethod
     def start(cls, request: KongRequest) -> RequestState:
         state = cls(request=request, ctx_shared=dict(request.ctx_shared))
-        for name, value in request.headers.items():
-            values = value if isinstance(value, list) else [value]
-            state.headers.setdefault(name.lower(), []).extend(values)
-        state.headers.setdefault("host", [request.host])
+        arrival = receive(
+            request.headers,
+            host=request.host,
+            request_line=f"{request.method} {request.path} HTTP/1.1",
+        )
+        state.headers = HeaderList(arrival.lines)
+        state.refusal = arrival.refusal
+        state.kong_log.extend(("info", line) for line in arrival.dropped)
         state.ngx_ctx["authenticated_consumer"] = request.consumer
         state.ngx_ctx["authenticated_credential"] = request.credential
         return state
@@ -162,21 +175,23 @@ def lua_tostring(value: Any) -> str:
 
 
 def _from_wire(value: Any) -> Any:
-    """A decoded msgpack value as the Lua table it becomes: a nil map value is no key."""
+    """A decoded msgpack value as the Lua table it becomes: decoding assigns ``t[k] = v``,
+    so a nil map value is no key, and a nil array item is a hole (trailing ones vanish,
+    inner ones turn the array into a table with integer keys)."""
     if isinstance(value, dict):
         return {k: _from_wire(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_from_wire(v) for v in value]
+        items = [_from_wire(v) for v in value]
+        while items and items[-1] is None:
+            items.pop()
+        if any(item is None for item in items):
+            return {i: item for i, item in enumerate(items, start=1) if item is not None}
+        return items
     return value
 
 
 def _is_str(value: Any) -> bool:
     return isinstance(value, str | bytes)
-
-
-def _header_key(name: LuaStr) -> str:
-    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
-    return text.lower()
 
 
 def _validate_header(name: Any, value: Any) -> None:
@@ -315,9 +330,42 @@ class Pdk:
     def has(self, method: str) -> bool:
         return method in self.methods
 
+    def resolve(self, method: Any) -> str:
+        """The PDK name ``rpc_util.index_table`` finds for ``method``: the exact key, else
+        the ``\\w+`` segments walked from ``kong``. A name that is no string is a Lua error
+        (``ngx.re.gmatch``), and so is calling a namespace table such as ``kong.request``;
+        an unknown name comes back as it is (Kong logs it and answers nil)."""
+        if isinstance(method, bool) or not isinstance(method, str | bytes | int | float):
+            raise LuaError(f"bad argument #1 to 'gmatch' (string expected, got {lua_type(method)})")
+        text = lua_text(method) if isinstance(method, str | bytes) else lua_tostring(method)
+        if text in self.methods:
+            return text
+        dotted = ".".join(re.findall(r"[A-Za-z0-9_]+", text))
+        if dotted in self.methods:
+            return dotted
+        if dotted in self._namespaces():
+            raise LuaError(f"attempt to call a table value ({text})")
+        return text
+
+    def _namespaces(self) -> set[str]:
+        out: set[str] = set()
+        for name in self.methods:
+            parts = name.split(".")
+            out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        return out
+
     def call(self, method: str, args: Any) -> Any:
-        """Apply ``args`` like ``method(unpack(args))`` and return the first result."""
+        """Apply ``args`` like ``method(unpack(args))`` and return the first result.
+
+        ``unpack`` takes the array part: a map with keys 1..n gives those values, any other
+        map gives no arguments; a value that is not a table is passed as the one argument.
+        """
         func = self.methods[method]
+        if isinstance(args, dict):
+            count = 0
+            while (count + 1) in args:
+                count += 1
+            args = [args[i] for i in range(1, count + 1)]
         positional = [_from_wire(a) for a in (args if isinstance(args, list | tuple) else [args])]
         while positional and positional[-1] is None:  # msgpack nils leave no Lua slot
             positional.pop()
@@ -404,7 +452,7 @@ class Pdk:
     def request_get_headers(self, max_headers: Any = None) -> dict[str, HeaderValue]:
         if self.saved is not None:
             return self.saved.request_headers
-        limit = 100
+        limit = DEFAULT_MAX_HEADERS
         if max_headers is not None:
             if lua_type(max_headers) != "number":
                 raise LuaError("max_headers must be a number")
@@ -413,17 +461,16 @@ class Pdk:
             if max_headers > 1000:
                 raise LuaError("max_headers must be <= 1000")
             limit = int(max_headers)
-        return _as_lua_headers(self.state.headers, limit)
+        return self.state.headers.window(limit)
 
     def request_get_header(self, name: Any = None) -> LuaStr | None:
+        """``ngx.var.http_<name>``; in the log timer, the saved ``get_headers()`` table."""
         if not _is_str(name):
             raise LuaError("header name must be a string")
-        key = _header_key(name).replace("_", "-")
         if self.saved is not None:
-            value = self.saved.request_headers.get(key)
+            value = self.saved.request_headers.get(header_key(name).replace("_", "-"))
             return value[0] if isinstance(value, list) else value
-        values = self.state.headers.get(key)
-        return values[0] if values else None
+        return self.state.headers.variable(name)
 
     def request_get_method(self) -> str:
         return self._live().method
@@ -458,52 +505,46 @@ class Pdk:
 
     def service_set_header(self, name: Any = None, value: Any = None) -> None:
         _validate_header(name, value)
-        key = _header_key(name)
-        if key == "host":
+        if header_key(name) == "host":
             self.state.upstream_host = value
-        self.state.headers[key] = _normalize_multi(value)
+        self.state.headers.set(name, _normalize_multi(value))
 
     def service_add_header(self, name: Any = None, value: Any = None) -> None:
+        """Kong's ``add_header``: ``get_headers()[name]`` (the default 100-line window!),
+        plus the value, written back with ``set_header``: lines of ``name`` past the window
+        are lost."""
         _validate_header(name, value)
-        key = _header_key(name)
-        if key == "host":
+        if header_key(name) == "host":
             self.state.upstream_host = value
-        self.state.headers.setdefault(key, []).extend(_normalize_multi(value))
+        current = self.state.headers.window().get(header_key(name))
+        values = list(current) if isinstance(current, list) else [current] if current else []
+        self.state.headers.set(name, [*values, *_normalize_multi(value)])
 
     def service_clear_header(self, name: Any = None) -> None:
         if not _is_str(name):
             raise LuaError("header must be a string")
-        self.state.headers.pop(_header_key(name), None)
+        self.state.headers.clear(name)
 
     def service_set_headers(self, headers: Any = None) -> None:
-        """Kong's ``set_headers``: each name is replaced by its value(s).
-
-        A value that is an empty table (an empty list or dict from Python) becomes
-        ``ngx.req.set_header(name, {})``, which removes the header: this is the behaviour we
-        model, as nginx's ``set_header`` with an empty table clears every occurrence.
-        """
+        """Kong's ``set_headers``: ``ngx.req.set_header`` per name; an empty table as value
+        clears every line of that name."""
         if not isinstance(headers, dict | list):
             raise LuaError("headers must be a table")
         _validate_headers(headers)
         for name, value in _pairs(headers):
-            key = _header_key(name)
-            if key == "host":
+            if header_key(name) == "host":
                 self.state.upstream_host = value
-            lines = _normalize_multi(value)
-            if lines:
-                self.state.headers[key] = lines
-            else:
-                self.state.headers.pop(key, None)
+            self.state.headers.set(name, _normalize_multi(value))
 
     # ------------------------------------------------------------------ kong.response
 
     def response_set_header(self, name: Any = None, value: Any = None) -> None:
         _validate_header(name, value)
-        self.state.response_headers[_header_key(name)] = [lua_tostring(_normalize(value))]
+        self.state.response_headers[header_key(name)] = [lua_tostring(_normalize(value))]
 
     def response_add_header(self, name: Any = None, value: Any = None) -> None:
         _validate_header(name, value)
-        lines = self.state.response_headers.setdefault(_header_key(name), [])
+        lines = self.state.response_headers.setdefault(header_key(name), [])
         lines.append(lua_tostring(_normalize(value)))
 
     def response_get_status(self) -> int:
@@ -552,7 +593,7 @@ class Pdk:
         if headers is not None:
             _validate_headers(headers)
             for name, value in _pairs(headers):
-                out[_header_key(name)] = [lua_tostring(v) for v in _normalize_multi(value)]
+                out[header_key(name)] = [lua_tostring(v) for v in _normalize_multi(value)]
         return out
 
     # ------------------------------------------------------------------ ctx, nginx, log
@@ -625,19 +666,6 @@ def _check_status(status: Any, low: int) -> None:
         raise LuaError(f"code must be a number between {low} and 599")
 
 
-def _as_lua_headers(headers: Mapping[str, list[LuaStr]], limit: int) -> dict[str, HeaderValue]:
-    """``ngx.req.get_headers(limit)``: single values as strings, repeated ones as arrays."""
-    out: dict[str, list[LuaStr]] = {}
-    count = 0
-    for name, values in headers.items():
-        for value in values:
-            if count == limit:
-                break
-            out.setdefault(name, []).append(value)
-            count += 1
-    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
-
-
 def serialize(state: RequestState, *, status: int = 200) -> dict[str, Any]:
     """A trimmed ``kong.log.serialize()``: the fields plugins usually read."""
     request = state.request
@@ -646,7 +674,7 @@ def serialize(state: RequestState, *, status: int = 200) -> dict[str, Any]:
             "method": request.method,
             "uri": request.path,
             "url": f"{request.scheme}://{request.host}:{request.server_port}{request.path}",
-            "headers": _as_lua_headers(state.headers, 100),
+            "headers": state.headers.window(),
             "size": len(request.raw_body),
         },
         "response": {"status": status, "headers": dict(state.response_headers)},

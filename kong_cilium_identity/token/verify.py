@@ -3,8 +3,10 @@
 Order: take the token out of the header (RFC 6750 ``Bearer``), read its JOSE header
 without trusting it, refuse an algorithm that is not configured (``none`` and HS* never
 are), find candidate keys by ``kid`` in the key store, verify the signature with each
-candidate, then issuer, audience, ``exp``/``nbf``/``iat`` with the configured leeway, and
-required claims. Keys named by the token itself (``jku``, ``x5u``, ``jwk``) are ignored.
+candidate, then the claims' shapes (``exp``/``nbf``/``iat`` are JSON numbers, RFC 7519
+NumericDate; every string is valid Unicode text), issuer, audience, the times with the
+configured leeway, and required claims. Keys named by the token itself (``jku``, ``x5u``,
+``jwk``) are ignored.
 
 Every failure carries the HTTP status, a reason code for logs and metrics, a short
 description that never quotes the token, and the ``WWW-Authenticate`` value to send.
@@ -13,6 +15,7 @@ description that never quotes the token, and the ``WWW-Authenticate`` value to s
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,57 @@ from kong_cilium_identity.token.settings import TokenSettings
 
 REALM = "kong"
 MAX_TOKEN_LENGTH = 16384
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+# A JSON escape of a UTF-16 surrogate (``\ud800``): only these decode to strings that
+# cannot be encoded; valid pairs combine into one character, checked on the way.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class ClaimShapeError(jwt.DecodeError):
+    """A signed payload whose claims do not have the shapes RFC 7519 gives them."""
+
+
+class _StrictJWT(jwt.PyJWT):
+    """pyjwt's decoder, refusing claim shapes it would coerce: ``int("1796171846")``
+    and ``int(True)`` pass its time checks. Runs after the signature verified and
+    before pyjwt checks the claims."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        payload = super()._decode_payload(decoded)
+        for name in NUMERIC_DATE_CLAIMS:
+            if name in payload and not _is_numeric_date(payload[name]):
+                raise ClaimShapeError(f"{name} claim is not a number")
+        raw = decoded.get("payload")
+        if isinstance(raw, bytes) and _SURROGATE_ESCAPE.search(raw) and not _encodable(payload):
+            raise ClaimShapeError("a claim is not valid Unicode text")
+        return payload
+
+
+_DECODER = _StrictJWT()
+
+
+def _is_numeric_date(value: object) -> bool:
+    if type(value) is int:  # the common case, and never a bool
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _encodable(payload: Mapping[str, Any]) -> bool:
+    """Every string (keys included) encodes as UTF-8; walked without recursion."""
+    pending: list[Any] = [payload]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
 
 
 class TokenReason(enum.StrEnum):
@@ -148,7 +202,7 @@ def _verify(token: str, settings: TokenSettings, keys: KeyStore) -> Verified | T
         return TokenFailure.of(TokenReason.UNKNOWN_KEY, "no key matches the token's kid")
     for candidate in match.keys:
         try:
-            claims = jwt.decode(
+            claims = _DECODER.decode(
                 token,
                 key=candidate.key,
                 algorithms=[algorithm],
@@ -195,6 +249,7 @@ def _failure_for(error: Exception) -> TokenFailure:
 
 
 _ERRORS: tuple[tuple[type[Exception], TokenReason, str], ...] = (
+    (ClaimShapeError, TokenReason.CLAIMS, "claims do not have their RFC 7519 shapes"),
     (jwt.ExpiredSignatureError, TokenReason.EXPIRED, "token expired"),
     (jwt.ImmatureSignatureError, TokenReason.NOT_YET_VALID, "token not yet valid"),
     (jwt.InvalidIssuerError, TokenReason.ISSUER, "issuer not accepted"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -192,13 +193,18 @@ def test_forwarded_ip_source(kong: KongHarness) -> None:
         {"claim_rules": [{"claim": "sub", "equals": "identity.colour"}]},
     ],
 )
-def test_invalid_config_is_refused_at_start_instance(
-    kong: KongHarness, change: dict[str, Any]
+def test_invalid_config_starts_but_refuses_every_request(
+    kong: KongHarness, change: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = call(kong, {**CONFIG, **change})
-    assert not out.proxied and out.status == 500
-    assert out.rpc_calls == ["plugin.StartInstance"]
-    assert any("starting instance" in message for _, message in out.kong_log)
+    plugin = kong.add_plugin({**CONFIG, **change})
+    first = kong.request(plugin, KongRequest(client_ip=CHECKOUT_IP, consumer=CHECKOUT))
+    second = kong.request(plugin, KongRequest(client_ip=CHECKOUT_IP, consumer=CHECKOUT))
+    for out in (first, second):
+        assert not out.proxied and out.status == 500
+        assert out.body["message"] == "An unexpected error occurred (invalid_config)"
+        assert out.pdk_calls == ["kong.response.error"]  # one round trip, nothing else asked
+    assert first.rpc_calls == ["plugin.StartInstance", "plugin.HandleEvent"]
+    assert second.rpc_calls == ["plugin.HandleEvent"]  # Kong does not retry StartInstance
 
 
 @pytest.mark.parametrize(
@@ -212,11 +218,18 @@ def test_kong_itself_rejects_what_the_schema_forbids(
         kong.add_plugin({**CONFIG, **change})
 
 
-def test_pdk_calls_per_path(kong: KongHarness) -> None:
-    allowed = call(kong)
-    denied = call(kong, client_ip=PAYMENTS_IP)
-    no_consumer = call(kong, consumer=None, credential=None)
-    anonymous = call(kong, credential=None)
+def test_pdk_calls_per_path_without_the_kong_side_companion(kong: KongHarness) -> None:
+    """Kong without cilium-identity-guard: the instance's first call asks for the
+    companion's facts, Kong answers nil, and the instance stays on plain PDK calls."""
+    plugin = kong.add_plugin(CONFIG)
+    request = KongRequest(client_ip=CHECKOUT_IP, consumer=CHECKOUT, credential=CREDENTIAL)
+    first = kong.request(plugin, request)
+    allowed = kong.request(plugin, request)
+    denied = kong.request(plugin, replace(request, client_ip=PAYMENTS_IP))
+    no_consumer = kong.request(plugin, KongRequest(client_ip=CHECKOUT_IP))
+    anonymous = kong.request(plugin, KongRequest(client_ip=CHECKOUT_IP, consumer=CHECKOUT))
+    assert first.pdk_calls[0] == "kong.cilium_identity.facts"
+    assert first.pdk_calls[1:] == allowed.pdk_calls
     assert allowed.pdk_calls == [
         "kong.client.get_consumer",
         "kong.client.get_credential",
@@ -248,14 +261,3 @@ def test_plugin_exception_in_monitor_mode_passes(faulty_kong: KongHarness) -> No
     out = call(faulty_kong, {**CONFIG, "mode": "monitor"}, client_ip="10.66.6.6")
     assert out.proxied and not out.failed_open
     assert "x-cilium-identity" not in out.upstream_headers
-
-
-def test_guard_marker_marks_decided_requests(kong: KongHarness) -> None:
-    config = {**CONFIG, "guard_marker": True}
-    allowed = call(kong, config)
-    assert allowed.proxied and allowed.ctx_shared.get("cilium_identity_decided") is True
-    assert allowed.pdk_calls[-1] == "kong.ctx.shared.set"
-    monitored = call(kong, {**config, "mode": "monitor"}, client_ip=PAYMENTS_IP)
-    assert monitored.proxied and monitored.ctx_shared.get("cilium_identity_decided") is True
-    denied = call(kong, config, client_ip=PAYMENTS_IP)
-    assert not denied.proxied and "cilium_identity_decided" not in denied.ctx_shared

@@ -287,6 +287,11 @@ def test_enforce_mode_proxies_only_a_bound_consumer_from_a_bound_address(
         ),
     )
     assert not out.failed_open, out.kong_log
+    if out.status == 400 and not out.rpc_calls:
+        # nginx refused the header block itself (a second Authorization line): no plugin ran,
+        # nothing went upstream
+        assert not out.proxied and not out.upstream_headers
+        return
     expected = expected_pass(consumer, credential, address)
     if out.proxied:
         assert expected, (consumer, credential, address)

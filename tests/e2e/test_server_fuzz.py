@@ -245,7 +245,7 @@ def test_frames_cut_short_then_disconnect(
             pack([0, 1, "plugin.HandleEvent", [{"InstanceId": instance, "EventName": "access"}]])
         )
         (reply,), _ = client.replies(1)
-        assert reply[3]["Data"]["Method"] == "kong.client.get_consumer"
+        assert reply[3]["Data"]["Method"] == "kong.cilium_identity.facts"
     finally:
         client.close()
     assert_still_serving(kong, plugin)

@@ -106,6 +106,7 @@ def test_token_of_pod_a_from_pod_a_is_allowed(kong: KongHarness, issuer: FakeIss
     assert out.upstream_headers["x-consumer-username"] == [SA_USERNAME]
     assert out.authenticated_consumer["id"] == CONSUMER["id"]  # acl & co. see the consumer
     assert out.pdk_calls == [
+        "kong.cilium_identity.facts",  # Kong without the companion answers nil
         "kong.request.get_headers",
         "kong.client.load_consumer",
         "kong.client.authenticate",
@@ -196,7 +197,8 @@ def test_consumer_from_an_earlier_auth_plugin(kong: KongHarness, issuer: FakeIss
         kong, plugin_config, pod_a_token(issuer), consumer=CONSUMER, credential={"id": "cred-1"}
     )
     assert out.proxied
-    assert out.pdk_calls[:3] == [
+    assert out.pdk_calls[:4] == [
+        "kong.cilium_identity.facts",
         "kong.request.get_headers",
         "kong.client.get_consumer",
         "kong.client.get_credential",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,24 @@ class FakePluginServer:
     """Answers StartInstance/CloseInstance, then replays ``plan`` as the plugin's PDK calls.
 
     ``plan`` items are the ``Data`` of the HandleEvent reply and of each Step reply
-    (``{"Method": ..., "Args": [...]}``); ``"ret"`` follows the last one.
+    (``{"Method": ..., "Args": [...]}``); ``"ret"`` follows the last one. A ``bytes`` item is
+    packed MessagePack put in the ``Data`` slot as is (to send what Python cannot build).
+
+    ``hook(method, params, msgid)`` may return the raw bytes to answer instead (``b""``
+    closes the connection without a reply); ``None`` keeps the scripted answer.
     """
 
     def __init__(
-        self, path: Path, plan: list[Any], *, notify: bool = False, wrong_msgid: bool = False
+        self,
+        path: Path,
+        plan: list[Any],
+        *,
+        notify: bool = False,
+        wrong_msgid: bool = False,
+        hook: Callable[[str, list[Any], int], bytes | None] | None = None,
     ) -> None:
         self.plan = list(plan)
+        self.hook = hook
         self.notify = notify
         self.wrong_msgid = wrong_msgid
         self.pid = 4242
@@ -61,12 +73,20 @@ class FakePluginServer:
                     if self.notify:
                         conn.sendall(msgpack.packb([2, "serverPid", self.pid]))
                     reply_id = msgid + 1 if self.wrong_msgid else msgid
-                    conn.sendall(msgpack.packb([1, reply_id, None, self._answer(method, params)]))
+                    custom = self.hook(method, params, reply_id) if self.hook else None
+                    if custom == b"":
+                        return
+                    conn.sendall(custom or self._reply(reply_id, method, params))
 
-    def _answer(self, method: str, params: list[Any]) -> Any:
+    def _reply(self, msgid: int, method: str, params: list[Any]) -> bytes:
+        head = b"\x94" + msgpack.packb(1) + msgpack.packb(msgid) + msgpack.packb(None)
         if method == "plugin.StartInstance":
-            return {"Name": params[0]["Name"], "Id": 0, "Config": {}, "StartTime": 0}
-        if method == "plugin.CloseInstance":
-            return {"Id": params[0]}
-        data = self.plan.pop(0) if self.plan else "ret"
-        return {"EventId": 7, "Data": data}
+            answer: Any = {"Name": params[0]["Name"], "Id": 0, "Config": {}, "StartTime": 0}
+        elif method == "plugin.CloseInstance":
+            answer = {"Id": params[0]}
+        else:
+            data = self.plan.pop(0) if self.plan else "ret"
+            if isinstance(data, bytes):
+                return head + b"\x82" + msgpack.packb("EventId") + b"\x07" + b"\xa4Data" + data
+            answer = {"EventId": 7, "Data": data}
+        return msgpack.packb([1, msgid, None, answer])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,11 @@ DUMP = [
         pytest.param(MultiMap({"a": True}), b"\x81\xa1a\x90", id="flag-is-empty-array"),
         pytest.param(MultiMap({"a": "x"}), b"\x81\xa1a\x91\xa1x", id="string-wrapped"),
         pytest.param(2.0, b"\x02", id="integral-number-is-integer"),
+        pytest.param(2**53, b"\xcb" + struct.pack(">d", 2.0**53), id="beyond-2^53-is-double"),
+        pytest.param(2**53 - 2, b"\xcf" + struct.pack(">Q", 2**53 - 2), id="inside-is-integer"),
+        pytest.param({1: "a", 2: "b"}, b"\x92\xa1a\xa1b", id="keys-1-to-n-are-an-array"),
+        pytest.param({1: "a", 3: "c"}, b"\x82\x01\xa1a\x03\xa1c", id="a-hole-makes-a-map"),
+        pytest.param({"a": None}, b"\x81\xa1a\xc0", id="none-in-a-table-is-cjson-null"),
         pytest.param(None, b"\xc0", id="nil"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CEP fixture, a fake API server, sources wired to it."""
+"""Fixtures: the real CEP capture (skipped without ../shared), a fake API server, sources."""
 
 from __future__ import annotations
 

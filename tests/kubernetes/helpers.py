@@ -5,26 +5,37 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.kubernetes import KubernetesSource
+from kong_cilium_identity.testing.fake_kube import cilium_endpoint
+from tests.shared_captures import real_capture
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REAL_CEP = "k8s-crd/ciliumendpoint-v1.15.0-rc.1-wcni-kind.json"
-
-
-def real_fixtures() -> Path:
-    """``../shared/fixtures/real`` beside the repository (as CI clones it), else /work."""
-    beside = REPO_ROOT.parent / "shared" / "fixtures" / "real"
-    return beside if beside.is_dir() else Path("/work/shared/fixtures/real")
+REAL_CEP = ("k8s-crd", "ciliumendpoint-v1.15.0-rc.1-wcni-kind.json")
 
 
 def load_real_cep() -> dict[str, Any]:
-    """The captured ``kubectl get ciliumendpoint wluo-mvz4t -o json``."""
-    data: dict[str, Any] = json.loads((real_fixtures() / REAL_CEP).read_text(encoding="utf-8"))
+    """The captured ``kubectl get ciliumendpoint wluo-mvz4t -o json`` from ``../shared``
+    (the calling test is skipped when it is not there)."""
+    text = real_capture(*REAL_CEP).read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
     return data
+
+
+def wluo_endpoint() -> dict[str, Any]:
+    """Our own CiliumEndpoint for pod ``default/wluo-mvz4t`` at 10.0.1.200 (identity 48861,
+    ``k8s:app=wluo``, service account from the policy label as Cilium 1.15 reports it)."""
+    return cilium_endpoint(
+        "wluo-mvz4t",
+        ipv4="10.0.1.200",
+        identity_id=48861,
+        labels=[
+            "k8s:app=wluo",
+            "k8s:io.cilium.k8s.policy.serviceaccount=default",
+            "k8s:io.kubernetes.pod.namespace=default",
+        ],
+    )
 
 
 # Quick retries and a short server-side watch timeout keep the suite fast.

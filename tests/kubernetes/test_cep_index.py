@@ -9,6 +9,7 @@ from kong_cilium_identity.identity.cep_index import EndpointIndex
 from kong_cilium_identity.identity.model import LookupStatus
 from kong_cilium_identity.labels import Label
 from kong_cilium_identity.testing.fake_kube import cilium_endpoint, cilium_identity
+from tests.kubernetes.helpers import wluo_endpoint
 
 POD_UID = "90b353f5-53a1-4d98-8204-8adf1156ecec"
 
@@ -49,8 +50,8 @@ def test_real_fixture_is_indexed_field_by_field(real_cep: dict[str, Any]) -> Non
     assert index.resource_version == "100"
 
 
-def test_status_service_account_wins_over_the_label(real_cep: dict[str, Any]) -> None:
-    newer = copy.deepcopy(real_cep)
+def test_status_service_account_wins_over_the_label() -> None:
+    newer = copy.deepcopy(wluo_endpoint())
     newer["status"]["service-account"] = "wluo-sa"  # Cilium >= 1.19
     answer = listed(newer).lookup("10.0.1.200")
     assert answer is not None and answer.identity is not None

@@ -1,5 +1,5 @@
 """The plugin server with the ``kubernetes`` source, through the Kong wire harness, against
-the fake API server serving the real CiliumEndpoint fixture."""
+the fake API server serving CiliumEndpoints shaped like the real ones."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
 from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
 from tests.e2e.conftest import running_server
-from tests.kubernetes.helpers import FAST, load_real_cep
+from tests.kubernetes.helpers import FAST, wluo_endpoint
 
 SOCKET = "cilium-identity.socket"
 CHECKOUT = {
@@ -28,7 +28,7 @@ CREDENTIAL = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001", "consumer": {"id": C
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[FakeKubeApi]:
     with FakeKubeApi() as fake:
-        fake.put(load_real_cep())  # 10.0.1.200, k8s:app=wluo
+        fake.put(wluo_endpoint())  # 10.0.1.200, k8s:app=wluo
         fake.put(cilium_endpoint("other", ipv4="10.0.1.201", identity_id=51022))
         fake.put(cilium_endpoint("slow", ipv4="10.0.1.202", state="waiting-for-identity"))
         fake.put(cilium_endpoint("twin-a", ipv4="10.0.1.203", identity_id=48861))

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import yaml
 
-import kong_cilium_identity
 from kong_cilium_identity.identity.cep_watch import WatchSettings
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, ConfigError
 from kong_cilium_identity.identity.sources.kubernetes import (
@@ -18,10 +17,9 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     api_client,
     parse_settings,
 )
-from tests.kubernetes.helpers import REPO_ROOT
+from tests.shared_captures import REPO_ROOT
 
-MANIFEST = REPO_ROOT / "deploy" / "rbac.yaml"
-PACKAGED = Path(kong_cilium_identity.__file__).parent / "deploy" / "rbac.yaml"
+MANIFEST = REPO_ROOT / "deploy" / "kubernetes" / "rbac.yaml"
 
 
 def documents() -> list[dict[str, Any]]:
@@ -35,7 +33,11 @@ def test_manifest_grants_read_only_access_to_cilium_endpoints_and_identities() -
     assert role["apiVersion"] == "rbac.authorization.k8s.io/v1"
     (rule,) = role["rules"]
     assert rule["apiGroups"] == ["cilium.io"]
-    assert sorted(rule["resources"]) == ["ciliumendpoints", "ciliumidentities"]
+    assert sorted(rule["resources"]) == [
+        "ciliumendpoints",
+        "ciliumendpointslices",
+        "ciliumidentities",
+    ]
     assert sorted(rule["verbs"]) == ["get", "list", "watch"]
     binding = by_kind["ClusterRoleBinding"]
     assert binding["roleRef"] == {
@@ -44,10 +46,6 @@ def test_manifest_grants_read_only_access_to_cilium_endpoints_and_identities() -
         "name": role["metadata"]["name"],
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kong", "namespace": "kong"}]
-
-
-def test_packaged_manifest_is_the_same_file() -> None:
-    assert PACKAGED.read_bytes() == MANIFEST.read_bytes()
 
 
 def test_kind_is_registered_and_not_cacheable() -> None:

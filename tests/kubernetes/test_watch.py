@@ -21,7 +21,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
 )
 from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint, cilium_identity
 from tests.kubernetes.conftest import SourceFactory
-from tests.kubernetes.helpers import FAST, ask, found_id, synced_at, wait_until
+from tests.kubernetes.helpers import FAST, ask, found_id, synced_at, wait_until, wluo_endpoint
 
 CEP = "CiliumEndpoint"
 
@@ -51,11 +51,10 @@ def assert_converged(source: KubernetesSource, fake: FakeKubeApi) -> None:
 def test_not_synced_until_the_first_list_is_applied(
     fake: FakeKubeApi,
     make_source: SourceFactory,
-    real_cep: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    fake.put(real_cep)
+    fake.put(wluo_endpoint())
     fake.go_down()
     source = make_source()
     answer = ask(source, "10.0.1.200")

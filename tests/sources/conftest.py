@@ -1,4 +1,4 @@
-"""Fixtures for the Hubble and agent source tests: fakes, TLS material, real captures."""
+"""Fixtures for the Hubble and agent source tests: fakes and TLS material."""
 
 from __future__ import annotations
 
@@ -16,16 +16,24 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kong_cilium_identity.testing.fake_agent import FakeAgent
 from kong_cilium_identity.testing.fake_relay import FakeRelay
+from tests.shared_captures import SHARED, real_capture, real_captures
+
+# The shared real captures live beside the repository, not in it (tests/shared_captures.py).
+FIXTURES = SHARED / "fixtures" / "real"
+HUBBLE_FIXTURES = real_captures("hubble", "*.json")
 
 
-def _fixtures_root() -> Path:
-    """``../shared/fixtures/real`` beside the repository (as CI lays it out)."""
-    beside_repo = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/fixtures/real")
+def need_fixture(path: Path) -> Path:
+    """``path`` when it exists, else skip the test with a reason naming it."""
+    if not path.exists():
+        pytest.skip(f"needs {path}, which is not beside this repository (../shared)")
+    return path
 
 
-FIXTURES = _fixtures_root()
-HUBBLE_FIXTURES = sorted((FIXTURES / "hubble").glob("*.json"))
+def need_hubble_fixtures() -> list[Path]:
+    if not HUBBLE_FIXTURES:
+        real_capture("hubble")  # skips, naming ../shared/fixtures/real/hubble
+    return HUBBLE_FIXTURES
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from kong_cilium_identity.identity.model import LookupStatus, Peer
 from kong_cilium_identity.identity.sources.agent import AgentSource, parse_settings
 from kong_cilium_identity.testing.fake_agent import FakeAgent
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, need_fixture
 
 APP = ["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]
 
@@ -50,7 +50,9 @@ def test_namespace_falls_back_to_labels(agent: FakeAgent, make_source: Any) -> N
 
 def test_reserved_identity_from_the_real_fixture(agent: FakeAgent, make_source: Any) -> None:
     host = json.loads(
-        (FIXTURES / "cilium-api/identity-1-reserved-host-hubble-issue191.json").read_text()
+        need_fixture(
+            FIXTURES / "cilium-api/identity-1-reserved-host-hubble-issue191.json"
+        ).read_text()
     )
     agent.add("172.18.0.3", host["id"], host["labels"], namespace="ignored", pod="ignored")
     result = make_source().lookup(Peer("172.18.0.3"), 2.0)

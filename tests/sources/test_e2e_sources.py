@@ -213,7 +213,7 @@ def test_hubble_match_ports_pins_the_connection(kong: KongHarness) -> None:
 
         pinned = request(40000)
         assert pinned.proxied, pinned.body
-        assert pinned.pdk_calls[2:5] == [
+        assert pinned.pdk_calls[3:6] == [  # after facts (nil here), consumer, credential
             "kong.client.get_ip",
             "kong.client.get_port",
             "kong.request.get_port",

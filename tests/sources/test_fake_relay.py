@@ -9,7 +9,7 @@ from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2, observer_pb2_grpc
 from kong_cilium_identity.testing.fake_relay import FakeRelay, load_jsonl, make_flow
 
-from .conftest import HUBBLE_FIXTURES
+from .conftest import need_hubble_fixtures
 
 T0 = 1_800_000_000.0
 
@@ -92,7 +92,7 @@ def test_since_until(populated: FakeRelay) -> None:
 
 
 def test_pod_direction_and_destination_filters() -> None:
-    relay = FakeRelay(load_jsonl(HUBBLE_FIXTURES[0])).start()
+    relay = FakeRelay(load_jsonl(need_hubble_fixtures()[0])).start()
     try:
         pods = _flows(relay, whitelist=[flow_pb2.FlowFilter(source_pod=["bookinfo/reviews-"])])
         assert pods[1:] and all(r.flow.source.namespace == "bookinfo" for r in pods[1:])
@@ -108,3 +108,27 @@ def test_counts_requests(populated: FakeRelay) -> None:
     _flows(populated)
     _flows(populated, number=1)
     assert populated.request_count == 2
+
+
+def test_event_type_and_reply_filters_follow_hubble() -> None:
+    """``reply`` matches only a known ``is_reply`` (a dropped flow counts as not a reply);
+    ``event_type`` matches the type, and the sub-type only when asked to."""
+    l7_reply = make_flow("10.0.0.5", 2, event_type=129, is_reply=True, at=T0)
+    l7_request = make_flow("10.0.0.5", 2, event_type=129, is_reply=False, at=T0 + 1)
+    unknown = make_flow("10.0.0.5", 2, event_type=4, is_reply=None, at=T0 + 2)
+    dropped = make_flow(
+        "10.0.0.5", 2, is_reply=None, verdict=flow_pb2.DROPPED, at=T0 + 3, source_port=1
+    )
+    relay = FakeRelay(
+        [observer_pb2.GetFlowsResponse(flow=f) for f in (l7_reply, l7_request, unknown, dropped)]
+    )
+    with relay:
+        replies = _flows(relay, whitelist=[flow_pb2.FlowFilter(reply=[True])])
+        not_replies = _flows(relay, whitelist=[flow_pb2.FlowFilter(reply=[False])])
+        l7 = _flows(relay, whitelist=[flow_pb2.FlowFilter(event_type=[{"type": 129}])])
+        sub = flow_pb2.EventTypeFilter(type=4, match_sub_type=True, sub_type=3)
+        trace_sub_3 = _flows(relay, whitelist=[flow_pb2.FlowFilter(event_type=[sub])])
+    assert [r.flow.time.seconds for r in replies[1:]] == [int(T0)]
+    assert [r.flow.time.seconds for r in not_replies[1:]] == [int(T0) + 1, int(T0) + 3]
+    assert len(l7[1:]) == 2
+    assert trace_sub_3[1:] == []

@@ -1,4 +1,6 @@
-"""Reading a GetFlows lookup stream: newest flow wins; losses and gaps never allow."""
+"""Reading a GetFlows lookup stream: losses and gaps never allow; one pod identity answers.
+
+Which flows count as evidence, and mixes of identities, are in test_hubble_evidence."""
 
 from __future__ import annotations
 
@@ -37,12 +39,18 @@ def read(*responses: observer_pb2.GetFlowsResponse, match_ports: bool = False, a
     return read_lookup_stream(responses, PEER, match_ports, age, now=NOW)
 
 
-def test_newest_flow_wins_regardless_of_order() -> None:
-    result = read(flow(1000, NOW - 5), flow(2000, NOW - 1), flow(3000, NOW - 3))
+def test_newest_flow_answers_regardless_of_order() -> None:
+    result = read(flow(1000, NOW - 5), flow(2, NOW - 3), flow(1000, NOW - 1), flow(5, NOW - 4))
     assert result.status is LookupStatus.FOUND
-    assert result.identity is not None and result.identity.id == 2000
+    assert result.identity is not None and result.identity.id == 1000
     assert result.identity.namespace == "shop"
     assert result.identity.observed_at == NOW - 1
+
+
+def test_several_pod_identities_are_ambiguous_in_any_order() -> None:
+    result = read(flow(1000, NOW - 5), flow(2000, NOW - 1), flow(3000, NOW - 3))
+    assert result.status is LookupStatus.AMBIGUOUS
+    assert "3 pod identities" in result.detail
 
 
 def test_flows_from_other_addresses_are_ignored() -> None:

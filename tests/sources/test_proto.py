@@ -32,9 +32,17 @@ def test_hubble_cli_request_bytes() -> None:
     assert request.SerializeToString() == HUBBLE_OBSERVE_FROM_IP_LAST_1
 
 
-def test_default_lookup_sends_the_same_bytes_as_the_cli() -> None:
+def _without_blacklist(request: observer_pb2.GetFlowsRequest) -> bytes:
+    """The request minus the non-evidence blacklist (tested in test_hubble_evidence)."""
+    parsed = observer_pb2.GetFlowsRequest.FromString(request.SerializeToString())
+    assert len(parsed.blacklist) == 2
+    parsed.ClearField("blacklist")
+    return parsed.SerializeToString()
+
+
+def test_default_lookup_is_the_cli_request_plus_the_blacklist() -> None:
     request = lookup_request(Peer("10.0.0.5", port=51234, local_port=8000), 1, match_ports=False)
-    assert request.SerializeToString() == HUBBLE_OBSERVE_FROM_IP_LAST_1
+    assert _without_blacklist(request) == HUBBLE_OBSERVE_FROM_IP_LAST_1
 
 
 def test_pinned_lookup_adds_the_ports_to_the_same_filter() -> None:
@@ -49,7 +57,7 @@ def test_pinned_lookup_adds_the_ports_to_the_same_filter() -> None:
 
 def test_pinning_needs_both_ports() -> None:
     request = lookup_request(Peer("10.0.0.5", port=51234), 1, match_ports=True)
-    assert request.SerializeToString() == HUBBLE_OBSERVE_FROM_IP_LAST_1
+    assert _without_blacklist(request) == HUBBLE_OBSERVE_FROM_IP_LAST_1
 
 
 def test_service_path_is_observer_getflows() -> None:

@@ -291,3 +291,63 @@ def test_extract_from_custom_header_takes_bare_or_bearer(shared_issuer: FakeIssu
 def test_oversized_token_is_malformed(settings: TokenSettings, store: KeyStore) -> None:
     result = verify("a" * 20000, settings, store)
     assert isinstance(result, TokenFailure) and result.reason is TokenReason.MALFORMED
+
+
+FUTURE = NOW + 3600
+SHAPE_CASES = [
+    ("exp as a numeric string", {"exp": str(FUTURE)}, TokenReason.CLAIMS),
+    ("exp as the string 1796171846", {"exp": "1796171846"}, TokenReason.CLAIMS),
+    ("exp true", {"exp": True}, TokenReason.CLAIMS),
+    ("exp null", {"exp": None}, TokenReason.CLAIMS),
+    ("exp a list", {"exp": [FUTURE]}, TokenReason.CLAIMS),
+    ("nbf as a numeric string", {"nbf": str(NOW - 60)}, TokenReason.CLAIMS),
+    ("nbf false", {"nbf": False}, TokenReason.CLAIMS),
+    ("iat as a numeric string", {"iat": str(NOW)}, TokenReason.CLAIMS),
+    ("iat an object", {"iat": {"at": NOW}}, TokenReason.CLAIMS),
+    ("lone surrogate in sub", {"sub": "\ud800"}, TokenReason.CLAIMS),
+    (
+        "lone low surrogate in a nested claim",
+        {"ext": {"team": ["a", "x\udfff"]}},
+        TokenReason.CLAIMS,
+    ),
+    ("lone surrogate in a claim name", {"\ud800": "x"}, TokenReason.CLAIMS),
+    ("exp a fractional number", {"exp": FUTURE + 0.5}, None),
+    ("iat and nbf as numbers", {"iat": NOW, "nbf": NOW - 60.25}, None),
+    ("a surrogate pair is one character", {"sub": "\ud83d\ude00"}, None),
+    ("an escaped backslash before u", {"sub": "\\ud800"}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [(c[1], c[2]) for c in SHAPE_CASES],
+    ids=[c[0] for c in SHAPE_CASES],
+)
+def test_claim_shapes(
+    overrides: dict[str, object],
+    reason: TokenReason | None,
+    shared_issuer: FakeIssuer,
+    settings: TokenSettings,
+    store: KeyStore,
+) -> None:
+    """RFC 7519 NumericDate is a JSON number (a bool is not); strings must be text."""
+    claims = {**shared_issuer.claims(sub="alice"), **overrides}
+    token = shared_issuer.sign_bytes(json.dumps(claims).encode())
+    result = verify(token, settings, store)
+    if reason is None:
+        assert isinstance(result, Verified), result
+        return
+    assert isinstance(result, TokenFailure), result
+    assert (result.reason, result.status) == (reason, 401)
+    assert result.www_authenticate is not None
+    assert 'error="invalid_token"' in result.www_authenticate
+
+
+def test_non_finite_exp_is_refused(
+    shared_issuer: FakeIssuer, settings: TokenSettings, store: KeyStore
+) -> None:
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = json.dumps({**shared_issuer.claims(), "exp": 0}).encode()
+        token = shared_issuer.sign_bytes(body.replace(b'"exp": 0', b'"exp": ' + literal))
+        result = verify(token, settings, store)
+        assert isinstance(result, TokenFailure) and result.status == 401, literal

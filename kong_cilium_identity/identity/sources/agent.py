@@ -5,9 +5,11 @@ its identity id and, for pods, ``metadata{source, namespace, name}``; then
 ``GET /v1/identity/{id}`` gives the identity labels. The ipcache is the userspace copy of
 what the node's datapath enforces, cluster-wide.
 
-Status handling: 200 answers; 404 means the agent knows no such entry (UNKNOWN, not an
-error); 400, 403 (API administratively disabled), 429, 5xx (520/521: identity storage
-unreachable or invalid) and anything unreadable are UNAVAILABLE with the reason.
+Answers are read strictly (``agent_json``): a wrongly typed field is logged and the
+lookup is UNAVAILABLE, never a match. Status handling: 200 answers; 404 means the agent
+knows no such entry (UNKNOWN, not an error); 400, 403 (API administratively disabled),
+429, 5xx (520/521: identity storage unreachable or invalid) and anything unreadable are
+UNAVAILABLE with the reason.
 Identity labels per id are kept ``identity_cache_ttl`` seconds: an id names a fixed
 label set, and many pods share one id.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -26,11 +29,21 @@ from typing import Any
 from cachetools import TTLCache
 
 from kong_cilium_identity.identity import reserved
-from kong_cilium_identity.identity.address import parse_address, parse_network
+from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
+from kong_cilium_identity.identity.sources.agent_json import (
+    AnswerError,
+    IPEntry,
+    NoEntry,
+    SeveralIdentities,
+    read_identity_answer,
+    read_ip_answer,
+)
 from kong_cilium_identity.identity.sources.base import SourceKind
 from kong_cilium_identity.identity.sources.unix_http import UnixHTTPPool
 from kong_cilium_identity.labels import LabelError
+
+log = logging.getLogger(__name__)
 
 NAME = "agent"
 DEFAULT_SOCKET = "/var/run/cilium/cilium.sock"
@@ -118,15 +131,13 @@ class AgentSource:
             return Lookup.unknown(NAME, str(error))
         try:
             entry = self._ipcache_entry(f"{address}/{address.max_prefixlen}", deadline)
-            identity_id = entry["identity"]
-            labels = self._identity_labels(identity_id, deadline)
-            metadata = entry.get("metadata") or {}
-            is_pod = reserved.classify(identity_id) in _POD_CLASSES
+            labels = self._identity_labels(entry.identity, deadline)
+            is_pod = reserved.classify(entry.identity) in _POD_CLASSES
             identity = Identity.build(
-                identity_id,
+                entry.identity,
                 labels,
-                namespace=metadata.get("namespace") if is_pod else None,
-                pod=metadata.get("name") if is_pod else None,
+                namespace=entry.namespace if is_pod else None,
+                pod=entry.name if is_pod else None,
                 source=NAME,
             )
         except _Unknown as reason:
@@ -147,37 +158,25 @@ class AgentSource:
         if status in (200, 400):
             try:
                 return status, json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise _Unavailable(f"agent sent non-JSON for {target} ({status})") from None
         return status, body.decode("utf-8", "replace").strip()
 
-    def _ipcache_entry(self, cidr: str, deadline: float) -> Mapping[str, Any]:
+    def _ipcache_entry(self, cidr: str, deadline: float) -> IPEntry:
         target = "/ip?" + urllib.parse.urlencode({"cidr": cidr})
         status, body = self._get(target, deadline)
         if status == 404:
             raise _Unknown(f"no ipcache entry for {cidr}")
         _raise_for(status, body, target)
-        if not isinstance(body, list):
-            raise _Unavailable(f"agent sent {type(body).__name__} for {target}, not a list")
-        wanted = parse_network(cidr)
-        exact = [
-            item
-            for item in body
-            if isinstance(item, Mapping)
-            and isinstance(item.get("cidr"), str)
-            and parse_network(item["cidr"]) == wanted
-        ]
-        if not exact:
-            raise _Unknown(f"no ipcache entry for {cidr}")
-        ids = {item.get("identity") for item in exact}
-        if len(ids) > 1:
-            raise _Ambiguous(
-                f"ipcache holds {len(ids)} identities for {cidr}: {sorted(map(str, ids))}"
-            )
-        identity_id = exact[0].get("identity")
-        if not isinstance(identity_id, int) or isinstance(identity_id, bool) or identity_id < 0:
-            raise _Unavailable(f"ipcache entry for {cidr} has no usable identity")
-        return exact[0]
+        try:
+            return read_ip_answer(body, cidr)
+        except NoEntry:
+            raise _Unknown(f"no ipcache entry for {cidr}") from None
+        except SeveralIdentities as error:
+            raise _Ambiguous(str(error)) from None
+        except AnswerError as error:
+            log.warning("agent: ignored an unreadable answer for %s: %s", target, error)
+            raise _Unavailable(f"agent sent an unreadable answer for {target}: {error}") from None
 
     def _identity_labels(self, identity_id: int, deadline: float) -> tuple[str, ...]:
         if self._labels is not None:
@@ -190,12 +189,11 @@ class AgentSource:
         if status == 404:
             raise _Unknown(f"identity {identity_id} is not known to the agent")
         _raise_for(status, body, target)
-        if not isinstance(body, Mapping) or body.get("id") != identity_id:
-            raise _Unavailable(f"agent answered {target} with another identity")
-        labels = body.get("labels") or []
-        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-            raise _Unavailable(f"agent sent unreadable labels for {target}")
-        result = tuple(labels)
+        try:
+            result = read_identity_answer(body, identity_id)
+        except AnswerError as error:
+            log.warning("agent: ignored an unreadable answer for %s: %s", target, error)
+            raise _Unavailable(f"agent sent an unreadable answer for {target}: {error}") from None
         if self._labels is not None:
             with self._labels_lock:
                 self._labels[identity_id] = result

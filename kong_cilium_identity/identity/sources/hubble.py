@@ -1,9 +1,10 @@
 """The ``hubble`` source: the caller's identity from flows Hubble Relay has observed.
 
 Asks ``observer.Observer/GetFlows`` for the newest flows sent from the peer address
-(optionally pinned to the connection's ports) and reads the identity of the flow's source
-endpoint (see ``hubble_flows``). Hubble only knows traffic it saw, and Relay's ring
-buffers are lossy, so a miss is UNKNOWN and a miss with lost events is UNAVAILABLE.
+(optionally pinned to the connection's ports) and weighs the ones that can be evidence
+(see ``hubble_flows`` and ``hubble_evidence``). Hubble only knows traffic it saw, and
+Relay's ring buffers are lossy, so a miss is UNKNOWN and a miss with lost events is
+UNAVAILABLE.
 
 Optionally a background ``follow`` stream of flows towards Kong's own pods pre-warms
 answers so most requests never wait on Relay (``hubble_follow``).
@@ -15,7 +16,6 @@ reconnects in the background with backoff capped at ``reconnect_backoff_max``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,9 +226,9 @@ class HubbleSource:
             return Lookup.unavailable(NAME, "source is closed")
         settings = self._settings
         if self.warm is not None:
-            identity = self.warm.get(peer, settings.match_ports)
-            if identity is not None and self._fresh(identity.observed_at):
-                return Lookup.found(identity, NAME)
+            warm = self.warm.get(peer, settings.match_ports, settings.max_flow_age)
+            if warm is not None:
+                return warm
         request = lookup_request(peer, settings.flows, settings.match_ports)
         try:
             responses = self._stub.GetFlows(request, timeout=timeout)
@@ -237,10 +237,6 @@ class HubbleSource:
             return Lookup.unavailable(NAME, f"relay {_status(error)}")
         except Exception as error:  # malformed answers must fail closed, not raise
             return Lookup.unavailable(NAME, f"unreadable relay answer: {error!r}")
-
-    def _fresh(self, observed_at: float) -> bool:
-        limit = self._settings.max_flow_age
-        return limit <= 0 or time.time() - observed_at <= limit
 
     def ready(self) -> bool:
         return not self._closed

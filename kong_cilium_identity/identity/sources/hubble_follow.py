@@ -1,10 +1,12 @@
 """A background ``follow`` stream of flows towards Kong that pre-warms Hubble answers.
 
 One thread per Hubble source (sources are shared per settings, so one per settings
-process-wide). It keeps the newest identity seen per source address, and per
-(address, source port, destination port) for pinned lookups. A lost-events report, and
-the end of a stream, clear everything: a newer flow that could have changed an answer
-may be among the lost, or among those sent before the next stream started.
+process-wide). It keeps the evidence flows of the last ``ttl`` seconds per source address,
+and per (address, source port, destination port) for pinned lookups, judged by the same
+rules as a lookup (``hubble_evidence``): an address whose evidence is ambiguous answers
+AMBIGUOUS from the cache too. A lost-events report, and the end of a stream, clear
+everything: a newer flow that could have changed an answer may be among the lost, or
+among those sent before the next stream started.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from kong_cilium_identity.identity.address import parse_address
-from kong_cilium_identity.identity.model import Identity, Peer
+from kong_cilium_identity.identity.model import Lookup, Peer
+from kong_cilium_identity.identity.sources.hubble_evidence import Evidence, Witness
 from kong_cilium_identity.identity.sources.hubble_flows import (
-    identity_from_endpoint,
     ports,
-    seconds,
+    source_address,
+    witness_of,
 )
 from kong_cilium_identity.labels import LabelError
 from kong_cilium_identity.proto.flow import flow_pb2
@@ -35,34 +37,50 @@ ConnectionKey = tuple[str, int, int]
 
 
 class WarmFlows:
-    """Newest identity per source address (and per connection), kept ``ttl`` seconds."""
+    """Evidence per source address (and per connection) from the last ``ttl`` seconds."""
 
     def __init__(self, ttl: float, size: int) -> None:
+        self._ttl = ttl
         self._lock = threading.Lock()
-        self._by_address: TTLCache[str, Identity] = TTLCache(size, ttl, timer=time.monotonic)
-        self._by_connection: TTLCache[ConnectionKey, Identity] = TTLCache(
+        self._by_address: TTLCache[str, Evidence] = TTLCache(size, ttl, timer=time.monotonic)
+        self._by_connection: TTLCache[ConnectionKey, Evidence] = TTLCache(
             size, ttl, timer=time.monotonic
         )
 
     def record(self, flow: flow_pb2.Flow) -> None:
-        try:
-            address = str(parse_address(flow.IP.source))
-            identity = identity_from_endpoint(flow.source, seconds(flow.time))
-        except (ValueError, LabelError):
+        address = source_address(flow)
+        if address is None:
             return
-        if identity is None:
+        try:
+            witness = witness_of(flow)
+        except LabelError as error:
+            log.warning("hubble follow: ignored a flow from %s: %s", address, error)
+            return
+        if isinstance(witness, str):
             return
         flow_ports = ports(flow)
         with self._lock:
-            _keep_newer(self._by_address, address, identity)
+            _add(self._by_address, address, witness)
             if flow_ports is not None:
-                _keep_newer(self._by_connection, (address, *flow_ports), identity)
+                _add(self._by_connection, (address, *flow_ports), witness)
 
-    def get(self, peer: Peer, match_ports: bool) -> Identity | None:
+    def get(
+        self, peer: Peer, match_ports: bool, max_age: float = 0.0, now: float | None = None
+    ) -> Lookup | None:
+        """FOUND or AMBIGUOUS from the evidence of the last ``ttl`` (and ``max_age``, when
+        positive) seconds; None when there is none."""
+        now = time.time() if now is None else now
         with self._lock:
             if match_ports and peer.port is not None and peer.local_port is not None:
-                return self._by_connection.get((peer.address, peer.port, peer.local_port))
-            return self._by_address.get(peer.address)
+                evidence = self._by_connection.get((peer.address, peer.port, peer.local_port))
+            else:
+                evidence = self._by_address.get(peer.address)
+            if evidence is None:
+                return None
+            evidence.prune(now - self._ttl)
+            if 0 < max_age < self._ttl:
+                evidence = evidence.since(now - max_age)
+            return evidence.conclude(peer.address) if evidence else None
 
     def clear(self) -> None:
         with self._lock:
@@ -74,10 +92,13 @@ class WarmFlows:
             return len(self._by_address)
 
 
-def _keep_newer(cache: TTLCache[Any, Identity], key: Any, identity: Identity) -> None:
-    current = cache.get(key)
-    if current is None or current.observed_at <= identity.observed_at:
-        cache[key] = identity
+def _add(cache: TTLCache[Any, Evidence], key: Any, witness: Witness) -> None:
+    evidence = cache.get(key)
+    if evidence is None:
+        evidence = cache[key] = Evidence()
+    else:
+        cache[key] = evidence  # refresh the entry's time to live
+    evidence.add(witness)
 
 
 StartStream = Callable[[observer_pb2.GetFlowsRequest], Any]

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x66low/flow.proto\x12\x04\x66low\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xd7\x02\n\x04\x46low\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x07verdict\x18\x02 \x01(\x0e\x32\r.flow.Verdict\x12\x14\n\x02IP\x18\x05 \x01(\x0b\x32\x08.flow.IP\x12\x18\n\x02l4\x18\x06 \x01(\x0b\x32\x0c.flow.Layer4\x12\x1e\n\x06source\x18\x08 \x01(\x0b\x32\x0e.flow.Endpoint\x12#\n\x0b\x64\x65stination\x18\t \x01(\x0b\x32\x0e.flow.Endpoint\x12\x1c\n\x04Type\x18\n \x01(\x0e\x32\x0e.flow.FlowType\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x31\n\x11traffic_direction\x18\x16 \x01(\x0e\x32\x16.flow.TrafficDirection\x12,\n\x08is_reply\x18\x1a \x01(\x0b\x32\x1a.google.protobuf.BoolValue\"\x96\x01\n\x08\x45ndpoint\x12\n\n\x02ID\x18\x01 \x01(\r\x12\x10\n\x08identity\x18\x02 \x01(\r\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x10\n\x08pod_name\x18\x05 \x01(\t\x12!\n\tworkloads\x18\x06 \x03(\x0b\x32\x0e.flow.Workload\x12\x14\n\x0c\x63luster_name\x18\x07 \x01(\t\"&\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"w\n\x02IP\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\"\n\tipVersion\x18\x03 \x01(\x0e\x32\x0f.flow.IPVersion\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x15\n\rsource_xlated\x18\x05 \x01(\t\"\xa4\x01\n\x06Layer4\x12\x18\n\x03TCP\x18\x01 \x01(\x0b\x32\t.flow.TCPH\x00\x12\x18\n\x03UDP\x18\x02 \x01(\x0b\x32\t.flow.UDPH\x00\x12\x1e\n\x06ICMPv4\x18\x03 \x01(\x0b\x32\x0c.flow.ICMPv4H\x00\x12\x1e\n\x06ICMPv6\x18\x04 \x01(\x0b\x32\x0c.flow.ICMPv6H\x00\x12\x1a\n\x04SCTP\x18\x05 \x01(\x0b\x32\n.flow.SCTPH\x00\x42\n\n\x08protocol\"S\n\x03TCP\x12\x13\n\x0bsource_port\x18\x01 \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x02 \x01(\r\x12\x1d\n\x05\x66lags\x18\x03 \x01(\x0b\x32\x0e.flow.TCPFlags\"~\n\x08TCPFlags\x12\x0b\n\x03\x46IN\x18\x01 \x01(\x08\x12\x0b\n\x03SYN\x18\x02 \x01(\x08\x12\x0b\n\x03RST\x18\x03 \x01(\x08\x12\x0b\n\x03PSH\x18\x04 \x01(\x08\x12\x0b\n\x03\x41\x43K\x18\x05 \x01(\x08\x12\x0b\n\x03URG\x18\x06 \x01(\x08\x12\x0b\n\x03\x45\x43\x45\x18\x07 \x01(\x08\x12\x0b\n\x03\x43WR\x18\x08 \x01(\x08\x12\n\n\x02NS\x18\t \x01(\x08\"4\n\x03UDP\x12\x13\n\x0bsource_port\x18\x01 \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x02 \x01(\r\"5\n\x04SCTP\x12\x13\n\x0bsource_port\x18\x01 \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x02 \x01(\r\"$\n\x06ICMPv4\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\"$\n\x06ICMPv6\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\"\xb0\x02\n\nFlowFilter\x12\x11\n\tsource_ip\x18\x01 \x03(\t\x12\x12\n\nsource_pod\x18\x02 \x03(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65stination_pod\x18\x04 \x03(\t\x12\x1e\n\x07verdict\x18\x05 \x03(\x0e\x32\r.flow.Verdict\x12\x13\n\x0bsource_port\x18\r \x03(\t\x12\x18\n\x10\x64\x65stination_port\x18\x0e \x03(\t\x12\x17\n\x0fsource_identity\x18\x13 \x03(\r\x12\x1c\n\x14\x64\x65stination_identity\x18\x14 \x03(\r\x12\x11\n\tnode_name\x18\x18 \x03(\t\x12\x31\n\x11traffic_direction\x18\x1e \x03(\x0e\x32\x16.flow.TrafficDirection\"\xca\x01\n\tLostEvent\x12%\n\x06source\x18\x01 \x01(\x0e\x32\x15.flow.LostEventSource\x12\x17\n\x0fnum_events_lost\x18\x02 \x01(\x04\x12(\n\x03\x63pu\x18\x03 \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12)\n\x05\x66irst\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04last\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*|\n\x07Verdict\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x00\x12\r\n\tFORWARDED\x10\x01\x12\x0b\n\x07\x44ROPPED\x10\x02\x12\t\n\x05\x45RROR\x10\x03\x12\t\n\x05\x41UDIT\x10\x04\x12\x0e\n\nREDIRECTED\x10\x05\x12\n\n\x06TRACED\x10\x06\x12\x0e\n\nTRANSLATED\x10\x07*9\n\x08\x46lowType\x12\x10\n\x0cUNKNOWN_TYPE\x10\x00\x12\t\n\x05L3_L4\x10\x01\x12\x06\n\x02L7\x10\x02\x12\x08\n\x04SOCK\x10\x03*J\n\x10TrafficDirection\x12\x1d\n\x19TRAFFIC_DIRECTION_UNKNOWN\x10\x00\x12\x0b\n\x07INGRESS\x10\x01\x12\n\n\x06\x45GRESS\x10\x02*0\n\tIPVersion\x12\x0f\n\x0bIP_NOT_USED\x10\x00\x12\x08\n\x04IPv4\x10\x01\x12\x08\n\x04IPv6\x10\x02*\x7f\n\x0fLostEventSource\x12\x1d\n\x19UNKNOWN_LOST_EVENT_SOURCE\x10\x00\x12\x1a\n\x16PERF_EVENT_RING_BUFFER\x10\x01\x12\x19\n\x15OBSERVER_EVENTS_QUEUE\x10\x02\x12\x16\n\x12HUBBLE_RING_BUFFER\x10\x03\x42&Z$github.com/cilium/cilium/api/v1/flowb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x66low/flow.proto\x12\x04\x66low\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xc0\x03\n\x04\x46low\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x07verdict\x18\x02 \x01(\x0e\x32\r.flow.Verdict\x12\x14\n\x02IP\x18\x05 \x01(\x0b\x32\x08.flow.IP\x12\x18\n\x02l4\x18\x06 \x01(\x0b\x32\x0c.flow.Layer4\x12\x1e\n\x06source\x18\x08 \x01(\x0b\x32\x0e.flow.Endpoint\x12#\n\x0b\x64\x65stination\x18\t \x01(\x0b\x32\x0e.flow.Endpoint\x12\x1c\n\x04Type\x18\n \x01(\x0e\x32\x0e.flow.FlowType\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12)\n\nevent_type\x18\x13 \x01(\x0b\x32\x15.flow.CiliumEventType\x12\x31\n\x11traffic_direction\x18\x16 \x01(\x0e\x32\x16.flow.TrafficDirection\x12<\n\x17trace_observation_point\x18\x18 \x01(\x0e\x32\x1b.flow.TraceObservationPoint\x12,\n\x08is_reply\x18\x1a \x01(\x0b\x32\x1a.google.protobuf.BoolValue\"1\n\x0f\x43iliumEventType\x12\x0c\n\x04type\x18\x01 \x01(\x05\x12\x10\n\x08sub_type\x18\x02 \x01(\x05\"I\n\x0f\x45ventTypeFilter\x12\x0c\n\x04type\x18\x01 \x01(\x05\x12\x16\n\x0ematch_sub_type\x18\x02 \x01(\x08\x12\x10\n\x08sub_type\x18\x03 \x01(\x05\"\x96\x01\n\x08\x45ndpoint\x12\n\n\x02ID\x18\x01 \x01(\r\x12\x10\n\x08identity\x18\x02 \x01(\r\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x10\n\x08pod_name\x18\x05 \x01(\t\x12!\n\tworkloads\x18\x06 \x03(\x0b\x32\x0e.flow.Workload\x12\x14\n\x0c\x63luster_name\x18\x07 \x01(\t\"&\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"w\n\x02IP\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\"\n\tipVersion\x18\x03 \x01(\x0e\x32\x0f.flow.IPVersion\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x15\n\rsource_xlated\x18\x05 \x01(\t\"\xa4\x01\n\x06Layer4\x12\x18\n\x03TCP\x18\x01 \x01(\x0b\x32\t.flow.TCPH\x00\x12\x18\n\x03UDP\x18\x02 \x01(\x0b\x32\t.flow.UDPH\x00\x12\x1e\n\x06ICMPv4\x18\x03 \x01(\x0b\x32\x0c.flow.ICMPv4H\x00\x12\x1e\n\x06ICMPv6\x18\x04 \x01(\x0b\x32\x0c.flow.ICMPv6H\x00\x12\x1a\n\x04SCTP\x18\x05 \x01(\x0b\x32\n.flow.SCTPH\x00\x42\n\n\x08protocol\"S\n\x03TCP\x12\x13\n\x0bsource_port\x18\x01 \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x02 \x01(\r\x12\x1d\n\x05\x66lags\x18\x03 \x01(\x0b\x32\x0e.flow.TCPFlags\"~\n\x08TCPFlags\x12\x0b\n\x03\x46IN\x18\x01 \x01(\x08\x12\x0b\n\x03SYN\x18\x02 \x01(\x08\x12\x0b\n\x03RST\x18\x03 \x01(\x08\x12\x0b\n\x03PSH\x18\x04 \x01(\x08\x12\x0b\n\x03\x41\x43K\x18\x05 \x01(\x08\x12\x0b\n\x03URG\x18\x06 \x01(\x08\x12\x0b\n\x03\x45\x43\x45\x18\x07 \x01(\x08\x12\x0b\n\x03\x43WR\x18\x08 \x01(\x08\x12\n\n\x02NS\x18\t \x01(\x08\"4\n\x03UDP\x12\x13\n\x0bsource_port\x18\x01 \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x02 \x01(\r\"5\n\x04SCTP\x12\x13\n\x0bsource_port\x18\x01 \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x02 \x01(\r\"$\n\x06ICMPv4\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\"$\n\x06ICMPv6\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\"\xea\x02\n\nFlowFilter\x12\x11\n\tsource_ip\x18\x01 \x03(\t\x12\x12\n\nsource_pod\x18\x02 \x03(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65stination_pod\x18\x04 \x03(\t\x12\x1e\n\x07verdict\x18\x05 \x03(\x0e\x32\r.flow.Verdict\x12)\n\nevent_type\x18\x06 \x03(\x0b\x32\x15.flow.EventTypeFilter\x12\x13\n\x0bsource_port\x18\r \x03(\t\x12\x18\n\x10\x64\x65stination_port\x18\x0e \x03(\t\x12\r\n\x05reply\x18\x0f \x03(\x08\x12\x17\n\x0fsource_identity\x18\x13 \x03(\r\x12\x1c\n\x14\x64\x65stination_identity\x18\x14 \x03(\r\x12\x11\n\tnode_name\x18\x18 \x03(\t\x12\x31\n\x11traffic_direction\x18\x1e \x03(\x0e\x32\x16.flow.TrafficDirection\"\xca\x01\n\tLostEvent\x12%\n\x06source\x18\x01 \x01(\x0e\x32\x15.flow.LostEventSource\x12\x17\n\x0fnum_events_lost\x18\x02 \x01(\x04\x12(\n\x03\x63pu\x18\x03 \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12)\n\x05\x66irst\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04last\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8a\x02\n\x15TraceObservationPoint\x12\x11\n\rUNKNOWN_POINT\x10\x00\x12\x0c\n\x08TO_PROXY\x10\x01\x12\x0b\n\x07TO_HOST\x10\x02\x12\x0c\n\x08TO_STACK\x10\x03\x12\x0e\n\nTO_OVERLAY\x10\x04\x12\x0f\n\x0bTO_ENDPOINT\x10\x65\x12\x11\n\rFROM_ENDPOINT\x10\x05\x12\x0e\n\nFROM_PROXY\x10\x06\x12\r\n\tFROM_HOST\x10\x07\x12\x0e\n\nFROM_STACK\x10\x08\x12\x10\n\x0c\x46ROM_OVERLAY\x10\t\x12\x10\n\x0c\x46ROM_NETWORK\x10\n\x12\x0e\n\nTO_NETWORK\x10\x0b\x12\x0f\n\x0b\x46ROM_CRYPTO\x10\x0c\x12\r\n\tTO_CRYPTO\x10\r*|\n\x07Verdict\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x00\x12\r\n\tFORWARDED\x10\x01\x12\x0b\n\x07\x44ROPPED\x10\x02\x12\t\n\x05\x45RROR\x10\x03\x12\t\n\x05\x41UDIT\x10\x04\x12\x0e\n\nREDIRECTED\x10\x05\x12\n\n\x06TRACED\x10\x06\x12\x0e\n\nTRANSLATED\x10\x07*9\n\x08\x46lowType\x12\x10\n\x0cUNKNOWN_TYPE\x10\x00\x12\t\n\x05L3_L4\x10\x01\x12\x06\n\x02L7\x10\x02\x12\x08\n\x04SOCK\x10\x03*J\n\x10TrafficDirection\x12\x1d\n\x19TRAFFIC_DIRECTION_UNKNOWN\x10\x00\x12\x0b\n\x07INGRESS\x10\x01\x12\n\n\x06\x45GRESS\x10\x02*0\n\tIPVersion\x12\x0f\n\x0bIP_NOT_USED\x10\x00\x12\x08\n\x04IPv4\x10\x01\x12\x08\n\x04IPv6\x10\x02*\x7f\n\x0fLostEventSource\x12\x1d\n\x19UNKNOWN_LOST_EVENT_SOURCE\x10\x00\x12\x1a\n\x16PERF_EVENT_RING_BUFFER\x10\x01\x12\x19\n\x15OBSERVER_EVENTS_QUEUE\x10\x02\x12\x16\n\x12HUBBLE_RING_BUFFER\x10\x03\x42&Z$github.com/cilium/cilium/api/v1/flowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,40 +34,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kong_cilium_identity.proto.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z$github.com/cilium/cilium/api/v1/flow'
-  _globals['_VERDICT']._serialized_start=1827
-  _globals['_VERDICT']._serialized_end=1951
-  _globals['_FLOWTYPE']._serialized_start=1953
-  _globals['_FLOWTYPE']._serialized_end=2010
-  _globals['_TRAFFICDIRECTION']._serialized_start=2012
-  _globals['_TRAFFICDIRECTION']._serialized_end=2086
-  _globals['_IPVERSION']._serialized_start=2088
-  _globals['_IPVERSION']._serialized_end=2136
-  _globals['_LOSTEVENTSOURCE']._serialized_start=2138
-  _globals['_LOSTEVENTSOURCE']._serialized_end=2265
+  _globals['_TRACEOBSERVATIONPOINT']._serialized_start=2117
+  _globals['_TRACEOBSERVATIONPOINT']._serialized_end=2383
+  _globals['_VERDICT']._serialized_start=2385
+  _globals['_VERDICT']._serialized_end=2509
+  _globals['_FLOWTYPE']._serialized_start=2511
+  _globals['_FLOWTYPE']._serialized_end=2568
+  _globals['_TRAFFICDIRECTION']._serialized_start=2570
+  _globals['_TRAFFICDIRECTION']._serialized_end=2644
+  _globals['_IPVERSION']._serialized_start=2646
+  _globals['_IPVERSION']._serialized_end=2694
+  _globals['_LOSTEVENTSOURCE']._serialized_start=2696
+  _globals['_LOSTEVENTSOURCE']._serialized_end=2823
   _globals['_FLOW']._serialized_start=91
-  _globals['_FLOW']._serialized_end=434
-  _globals['_ENDPOINT']._serialized_start=437
-  _globals['_ENDPOINT']._serialized_end=587
-  _globals['_WORKLOAD']._serialized_start=589
-  _globals['_WORKLOAD']._serialized_end=627
-  _globals['_IP']._serialized_start=629
-  _globals['_IP']._serialized_end=748
-  _globals['_LAYER4']._serialized_start=751
-  _globals['_LAYER4']._serialized_end=915
-  _globals['_TCP']._serialized_start=917
-  _globals['_TCP']._serialized_end=1000
-  _globals['_TCPFLAGS']._serialized_start=1002
-  _globals['_TCPFLAGS']._serialized_end=1128
-  _globals['_UDP']._serialized_start=1130
-  _globals['_UDP']._serialized_end=1182
-  _globals['_SCTP']._serialized_start=1184
-  _globals['_SCTP']._serialized_end=1237
-  _globals['_ICMPV4']._serialized_start=1239
-  _globals['_ICMPV4']._serialized_end=1275
-  _globals['_ICMPV6']._serialized_start=1277
-  _globals['_ICMPV6']._serialized_end=1313
-  _globals['_FLOWFILTER']._serialized_start=1316
-  _globals['_FLOWFILTER']._serialized_end=1620
-  _globals['_LOSTEVENT']._serialized_start=1623
-  _globals['_LOSTEVENT']._serialized_end=1825
+  _globals['_FLOW']._serialized_end=539
+  _globals['_CILIUMEVENTTYPE']._serialized_start=541
+  _globals['_CILIUMEVENTTYPE']._serialized_end=590
+  _globals['_EVENTTYPEFILTER']._serialized_start=592
+  _globals['_EVENTTYPEFILTER']._serialized_end=665
+  _globals['_ENDPOINT']._serialized_start=668
+  _globals['_ENDPOINT']._serialized_end=818
+  _globals['_WORKLOAD']._serialized_start=820
+  _globals['_WORKLOAD']._serialized_end=858
+  _globals['_IP']._serialized_start=860
+  _globals['_IP']._serialized_end=979
+  _globals['_LAYER4']._serialized_start=982
+  _globals['_LAYER4']._serialized_end=1146
+  _globals['_TCP']._serialized_start=1148
+  _globals['_TCP']._serialized_end=1231
+  _globals['_TCPFLAGS']._serialized_start=1233
+  _globals['_TCPFLAGS']._serialized_end=1359
+  _globals['_UDP']._serialized_start=1361
+  _globals['_UDP']._serialized_end=1413
+  _globals['_SCTP']._serialized_start=1415
+  _globals['_SCTP']._serialized_end=1468
+  _globals['_ICMPV4']._serialized_start=1470
+  _globals['_ICMPV4']._serialized_end=1506
+  _globals['_ICMPV6']._serialized_start=1508
+  _globals['_ICMPV6']._serialized_end=1544
+  _globals['_FLOWFILTER']._serialized_start=1547
+  _globals['_FLOWFILTER']._serialized_end=1909
+  _globals['_LOSTEVENT']._serialized_start=1912
+  _globals['_LOSTEVENT']._serialized_end=2114
 # @@protoc_insertion_point(module_scope)

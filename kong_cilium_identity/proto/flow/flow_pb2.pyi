@@ -11,6 +11,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TraceObservationPoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNKNOWN_POINT: _ClassVar[TraceObservationPoint]
+    TO_PROXY: _ClassVar[TraceObservationPoint]
+    TO_HOST: _ClassVar[TraceObservationPoint]
+    TO_STACK: _ClassVar[TraceObservationPoint]
+    TO_OVERLAY: _ClassVar[TraceObservationPoint]
+    TO_ENDPOINT: _ClassVar[TraceObservationPoint]
+    FROM_ENDPOINT: _ClassVar[TraceObservationPoint]
+    FROM_PROXY: _ClassVar[TraceObservationPoint]
+    FROM_HOST: _ClassVar[TraceObservationPoint]
+    FROM_STACK: _ClassVar[TraceObservationPoint]
+    FROM_OVERLAY: _ClassVar[TraceObservationPoint]
+    FROM_NETWORK: _ClassVar[TraceObservationPoint]
+    TO_NETWORK: _ClassVar[TraceObservationPoint]
+    FROM_CRYPTO: _ClassVar[TraceObservationPoint]
+    TO_CRYPTO: _ClassVar[TraceObservationPoint]
+
 class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VERDICT_UNKNOWN: _ClassVar[Verdict]
@@ -47,6 +65,21 @@ class LostEventSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PERF_EVENT_RING_BUFFER: _ClassVar[LostEventSource]
     OBSERVER_EVENTS_QUEUE: _ClassVar[LostEventSource]
     HUBBLE_RING_BUFFER: _ClassVar[LostEventSource]
+UNKNOWN_POINT: TraceObservationPoint
+TO_PROXY: TraceObservationPoint
+TO_HOST: TraceObservationPoint
+TO_STACK: TraceObservationPoint
+TO_OVERLAY: TraceObservationPoint
+TO_ENDPOINT: TraceObservationPoint
+FROM_ENDPOINT: TraceObservationPoint
+FROM_PROXY: TraceObservationPoint
+FROM_HOST: TraceObservationPoint
+FROM_STACK: TraceObservationPoint
+FROM_OVERLAY: TraceObservationPoint
+FROM_NETWORK: TraceObservationPoint
+TO_NETWORK: TraceObservationPoint
+FROM_CRYPTO: TraceObservationPoint
+TO_CRYPTO: TraceObservationPoint
 VERDICT_UNKNOWN: Verdict
 FORWARDED: Verdict
 DROPPED: Verdict
@@ -71,7 +104,7 @@ OBSERVER_EVENTS_QUEUE: LostEventSource
 HUBBLE_RING_BUFFER: LostEventSource
 
 class Flow(_message.Message):
-    __slots__ = ("time", "verdict", "IP", "l4", "source", "destination", "Type", "node_name", "traffic_direction", "is_reply")
+    __slots__ = ("time", "verdict", "IP", "l4", "source", "destination", "Type", "node_name", "event_type", "traffic_direction", "trace_observation_point", "is_reply")
     TIME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
@@ -80,7 +113,9 @@ class Flow(_message.Message):
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_OBSERVATION_POINT_FIELD_NUMBER: _ClassVar[int]
     IS_REPLY_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     verdict: Verdict
@@ -90,9 +125,29 @@ class Flow(_message.Message):
     destination: Endpoint
     Type: FlowType
     node_name: str
+    event_type: CiliumEventType
     traffic_direction: TrafficDirection
+    trace_observation_point: TraceObservationPoint
     is_reply: _wrappers_pb2.BoolValue
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., IP: _Optional[_Union[IP, _Mapping]] = ..., l4: _Optional[_Union[Layer4, _Mapping]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., Type: _Optional[_Union[FlowType, str]] = ..., node_name: _Optional[str] = ..., traffic_direction: _Optional[_Union[TrafficDirection, str]] = ..., is_reply: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ...) -> None: ...
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., IP: _Optional[_Union[IP, _Mapping]] = ..., l4: _Optional[_Union[Layer4, _Mapping]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., Type: _Optional[_Union[FlowType, str]] = ..., node_name: _Optional[str] = ..., event_type: _Optional[_Union[CiliumEventType, _Mapping]] = ..., traffic_direction: _Optional[_Union[TrafficDirection, str]] = ..., trace_observation_point: _Optional[_Union[TraceObservationPoint, str]] = ..., is_reply: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ...) -> None: ...
+
+class CiliumEventType(_message.Message):
+    __slots__ = ("type", "sub_type")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    sub_type: int
+    def __init__(self, type: _Optional[int] = ..., sub_type: _Optional[int] = ...) -> None: ...
+
+class EventTypeFilter(_message.Message):
+    __slots__ = ("type", "match_sub_type", "sub_type")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_SUB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    match_sub_type: bool
+    sub_type: int
+    def __init__(self, type: _Optional[int] = ..., match_sub_type: _Optional[bool] = ..., sub_type: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("ID", "identity", "namespace", "labels", "pod_name", "workloads", "cluster_name")
@@ -213,14 +268,16 @@ class ICMPv6(_message.Message):
     def __init__(self, type: _Optional[int] = ..., code: _Optional[int] = ...) -> None: ...
 
 class FlowFilter(_message.Message):
-    __slots__ = ("source_ip", "source_pod", "destination_ip", "destination_pod", "verdict", "source_port", "destination_port", "source_identity", "destination_identity", "node_name", "traffic_direction")
+    __slots__ = ("source_ip", "source_pod", "destination_ip", "destination_pod", "verdict", "event_type", "source_port", "destination_port", "reply", "source_identity", "destination_identity", "node_name", "traffic_direction")
     SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_POD_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_IP_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_POD_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PORT_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_PORT_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -230,13 +287,15 @@ class FlowFilter(_message.Message):
     destination_ip: _containers.RepeatedScalarFieldContainer[str]
     destination_pod: _containers.RepeatedScalarFieldContainer[str]
     verdict: _containers.RepeatedScalarFieldContainer[Verdict]
+    event_type: _containers.RepeatedCompositeFieldContainer[EventTypeFilter]
     source_port: _containers.RepeatedScalarFieldContainer[str]
     destination_port: _containers.RepeatedScalarFieldContainer[str]
+    reply: _containers.RepeatedScalarFieldContainer[bool]
     source_identity: _containers.RepeatedScalarFieldContainer[int]
     destination_identity: _containers.RepeatedScalarFieldContainer[int]
     node_name: _containers.RepeatedScalarFieldContainer[str]
     traffic_direction: _containers.RepeatedScalarFieldContainer[TrafficDirection]
-    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., source_identity: _Optional[_Iterable[int]] = ..., destination_identity: _Optional[_Iterable[int]] = ..., node_name: _Optional[_Iterable[str]] = ..., traffic_direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ...) -> None: ...
+    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., event_type: _Optional[_Iterable[_Union[EventTypeFilter, _Mapping]]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., reply: _Optional[_Iterable[bool]] = ..., source_identity: _Optional[_Iterable[int]] = ..., destination_identity: _Optional[_Iterable[int]] = ..., node_name: _Optional[_Iterable[str]] = ..., traffic_direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ...) -> None: ...
 
 class LostEvent(_message.Message):
     __slots__ = ("source", "num_events_lost", "cpu", "first", "last")

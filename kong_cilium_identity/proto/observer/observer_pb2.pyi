@@ -9,6 +9,8 @@ from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 from kong_cilium_identity.proto.flow.flow_pb2 import Flow as Flow
+from kong_cilium_identity.proto.flow.flow_pb2 import CiliumEventType as CiliumEventType
+from kong_cilium_identity.proto.flow.flow_pb2 import EventTypeFilter as EventTypeFilter
 from kong_cilium_identity.proto.flow.flow_pb2 import Endpoint as Endpoint
 from kong_cilium_identity.proto.flow.flow_pb2 import Workload as Workload
 from kong_cilium_identity.proto.flow.flow_pb2 import IP as IP
@@ -21,6 +23,7 @@ from kong_cilium_identity.proto.flow.flow_pb2 import ICMPv4 as ICMPv4
 from kong_cilium_identity.proto.flow.flow_pb2 import ICMPv6 as ICMPv6
 from kong_cilium_identity.proto.flow.flow_pb2 import FlowFilter as FlowFilter
 from kong_cilium_identity.proto.flow.flow_pb2 import LostEvent as LostEvent
+from kong_cilium_identity.proto.flow.flow_pb2 import TraceObservationPoint as TraceObservationPoint
 from kong_cilium_identity.proto.flow.flow_pb2 import Verdict as Verdict
 from kong_cilium_identity.proto.flow.flow_pb2 import FlowType as FlowType
 from kong_cilium_identity.proto.flow.flow_pb2 import TrafficDirection as TrafficDirection
@@ -28,6 +31,21 @@ from kong_cilium_identity.proto.flow.flow_pb2 import IPVersion as IPVersion
 from kong_cilium_identity.proto.flow.flow_pb2 import LostEventSource as LostEventSource
 
 DESCRIPTOR: _descriptor.FileDescriptor
+UNKNOWN_POINT: _flow_pb2.TraceObservationPoint
+TO_PROXY: _flow_pb2.TraceObservationPoint
+TO_HOST: _flow_pb2.TraceObservationPoint
+TO_STACK: _flow_pb2.TraceObservationPoint
+TO_OVERLAY: _flow_pb2.TraceObservationPoint
+TO_ENDPOINT: _flow_pb2.TraceObservationPoint
+FROM_ENDPOINT: _flow_pb2.TraceObservationPoint
+FROM_PROXY: _flow_pb2.TraceObservationPoint
+FROM_HOST: _flow_pb2.TraceObservationPoint
+FROM_STACK: _flow_pb2.TraceObservationPoint
+FROM_OVERLAY: _flow_pb2.TraceObservationPoint
+FROM_NETWORK: _flow_pb2.TraceObservationPoint
+TO_NETWORK: _flow_pb2.TraceObservationPoint
+FROM_CRYPTO: _flow_pb2.TraceObservationPoint
+TO_CRYPTO: _flow_pb2.TraceObservationPoint
 VERDICT_UNKNOWN: _flow_pb2.Verdict
 FORWARDED: _flow_pb2.Verdict
 DROPPED: _flow_pb2.Verdict
