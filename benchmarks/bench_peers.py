@@ -4,8 +4,9 @@
     python benchmarks/bench_peers.py [--events 10000] [--rounds 5] [--peers 10]
 
 One server process (ours, full cilium-identity plugin, static source: the cache-hit path,
-5 PDK calls per event), one victim client (``kong_cilium_identity.testing.kong_load``,
-the same client in every case). Rounds alternate between no peers and ``--peers``
+with the cilium-identity-guard companion's facts: 3 RPCs per event), one victim client
+(``kong_cilium_identity.testing.kong_load``, the same client in every case). Rounds
+alternate between no peers and ``--peers``
 non-reading peers; the median round of each case is shown. The peers run in their own
 process: each sends requests as fast as the socket takes them, never reads a reply, and
 connects again as soon as the server closes it (a persistent local attacker, the worst
@@ -45,8 +46,19 @@ CONFIG: dict[str, Any] = {
 }
 CONSUMER = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout", "tags": []}
 CREDENTIAL = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001", "consumer": {"id": CONSUMER["id"]}}
+# With the cilium-identity-guard companion (docs/kong-side.md): HandleEvent, facts, apply.
+FACTS = {
+    "v": 1,
+    "consumer": CONSUMER,
+    "credential": True,
+    "ip": "10.0.1.200",
+    "forged": 0,
+    "tokens": [],
+    "jwt": False,
+}
 ALLOW = LoadRequest(
     {
+        "kong.cilium_identity.facts": FACTS,
         "kong.client.get_consumer": CONSUMER,
         "kong.client.get_credential": CREDENTIAL,
         "kong.client.get_ip": "10.0.1.200",
