@@ -101,10 +101,11 @@ def _set_group(staged: Path, group: int, *, explicit: bool) -> None:
             raise PermissionError(
                 f"cannot give the socket group {group}: this process is not a member"
             ) from None
-        # The directory's group is only a default: keep ours and say what to do.
-        log.warning(
-            "socket left with group %d: this process cannot use the directory's group %d "
-            "(run it with that group, or pass --socket-group)",
+        # The directory's group is only a default (some images give the prefix group 0
+        # for arbitrary user ids): keep ours; workers of the same user still connect.
+        log.info(
+            "socket keeps group %d: this process is not in the directory's group %d "
+            "(pass --socket-group to choose)",
             staged.stat().st_gid,
             group,
         )

@@ -100,6 +100,36 @@ def test_mode_and_group_flags(volume: Path) -> None:
         stop(proc)
 
 
+def test_a_directory_group_the_server_is_not_in_falls_back_to_its_own(volume: Path) -> None:
+    """A server running as another user (not in the directory's group) keeps its own
+    group instead of failing; an explicit --socket-group it is not in is an error."""
+    os.chmod(volume, 0o1777)  # anyone may create files here; no setgid bit
+
+    def bind_as_worker(settings: SocketFile) -> int:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.setgroups([OTHER_GID])
+                os.setgid(OTHER_GID)
+                os.setuid(WORKER_UID)
+                bind_socket_file(volume / "w.sock", settings).close()
+            except PermissionError:
+                code = 13
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    assert bind_as_worker(SocketFile()) == 0
+    info = (volume / "w.sock").lstat()
+    assert (stat.S_IMODE(info.st_mode), info.st_gid, info.st_uid) == (0o660, OTHER_GID, WORKER_UID)
+    (volume / "w.sock").unlink()
+    assert bind_as_worker(SocketFile(group=VOLUME_GID)) == 13
+    assert list(volume.iterdir()) == []
+
+
 def test_a_stale_socket_is_replaced_and_anything_else_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
