@@ -16,8 +16,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kong_cilium_identity import PLUGIN_NAME
+
+if TYPE_CHECKING:
+    from kong_cilium_identity.server.socket_file import SocketFile
 
 DEFAULT_SOCKET = f"{PLUGIN_NAME}.socket"
 
@@ -56,6 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds an event may take before Kong gets a 500 (default 10, keep < 60)",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        default="0660",
+        help="permission bits of the socket, octal (default 0660: owner and group)",
+    )
+    serve.add_argument(
+        "--socket-group",
+        help="group of the socket, name or gid (default: the group owning its directory)",
+    )
+    serve.add_argument(
+        "--stdin-watch",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="stop when stdin reaches end-of-file: auto (default) watches only when stdin "
+        "is a pipe or socket, as under Kong's start_cmd; off under systemd, s6, "
+        "supervisord or as a sidecar",
+    )
+    serve.add_argument(
+        "--max-backlog",
+        type=int,
+        default=1 << 20,
+        help="bytes of unread replies after which a connection is closed (default 1 MiB)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        help="seconds unread replies may wait without progress before the connection is "
+        "closed (default 5)",
     )
     serve.add_argument(
         "--metrics-port",
@@ -136,12 +170,31 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.kong_prefix):
         print(f"kong prefix {args.kong_prefix} does not exist", file=sys.stderr)
         return 1
+    from kong_cilium_identity.server.socket_file import SocketFile, parse_group, parse_mode
+
+    try:
+        socket_file = SocketFile(
+            parse_mode(args.socket_mode),
+            None if args.socket_group is None else parse_group(args.socket_group),
+        )
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     if args.metrics_port:
         from kong_cilium_identity.metrics import serve_metrics
 
         serve_metrics(args.metrics_port, args.metrics_address)
+    try:
+        _run_server(args, socket_file)
+    except (OSError, RuntimeError) as error:  # before serving: socket path, group, stdin
+        print(f"cannot serve: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_server(args: argparse.Namespace, socket_file: SocketFile) -> None:
     from kong_cilium_identity import plugin
-    from kong_cilium_identity.server import serve
+    from kong_cilium_identity.server import StdinWatch, serve
 
     serve(
         plugin.Plugin,
@@ -153,8 +206,11 @@ def _serve(args: argparse.Namespace) -> int:
         socket_name=args.socket_name,
         lua_style=not args.no_lua_style,
         event_deadline=args.event_deadline,
+        max_backlog=args.max_backlog,
+        drain_timeout=args.drain_timeout,
+        socket_file=socket_file,
+        stdin_watch=StdinWatch(args.stdin_watch),
     )
-    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ proxy the request unenforced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from kong_cilium_identity.server import protocol
 from kong_cilium_identity.server.events import Event, EventAbandoned, EventTable, Outcome, State
 from kong_cilium_identity.server.instances import Instance, InstanceTable, PluginSpec
 from kong_cilium_identity.server.pdk_bridge import new_kong, pdk_exception
-from kong_cilium_identity.server.transport import Connection, Listener
+from kong_cilium_identity.server.transport import NO_MESSAGE, Connection, Listener, Malformed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 SWEEP_INTERVAL = 1.0
+# Messages one connection may have dispatched per loop turn. Kong never pipelines (one
+# request per connection, then it waits for the reply), so only a peer that floods the
+# socket ever reaches this; the rest of its batch waits for the next turn, after every
+# other ready connection had its turn.
+MESSAGES_PER_TURN = 16
 UNWIND_ATTEMPTS = 3
 SPREAD_AFTER_STALL = 10.0
 POOL_LINGER = 5.0
@@ -63,6 +69,8 @@ class Limits:
     stall_after: float = 0.025
     idle_event_limit: float = 300.0
     max_threads: int = 64
+    max_backlog: int = 1 << 20  # bytes of unsent replies a connection may hold
+    drain_timeout: float = 5.0  # seconds unsent replies may wait without any progress
 
 
 class Pending:
@@ -108,6 +116,8 @@ class Runtime:
         self.instances = InstanceTable()
         self.events = EventTable()
         self.pending: set[Pending] = set()
+        self.backlogged: set[Connection] = set()  # connections with unsent replies
+        self.carryover: set[Connection] = set()  # connections with undispatched messages
         self.kong = new_kong()
         self.stopping = False
         self.fatal = False
@@ -171,17 +181,26 @@ class Runtime:
         while self.owner is worker and not self.stopping:
             self.lock.release()
             try:
-                ready = self.selector.select(SWEEP_INTERVAL)
+                ready = self.selector.select(0 if self.carryover else SWEEP_INTERVAL)
             finally:
                 self.lock.acquire()
-            for key, _ in ready:
+            served: set[Connection] = set()
+            for key, mask in ready:
                 if self.owner is not worker or self.stopping:
                     return  # the new owner's select reports the rest again
                 if key.data is None:
-                    for conn in self.listener.accept_all():
-                        self.selector.register(conn, selectors.EVENT_READ, conn)
-                else:
-                    self._read(worker, key.data)
+                    self._accept()
+                    continue
+                conn: Connection = key.data
+                if mask & selectors.EVENT_WRITE:
+                    conn.flush()
+                if mask & selectors.EVENT_READ:
+                    served.add(conn)
+                    self._read(worker, conn)
+            for conn in list(self.carryover - served):
+                if self.owner is not worker or self.stopping:
+                    return
+                self._read(worker, conn)
             now = time.monotonic()
             if now - last_sweep >= SWEEP_INTERVAL:
                 last_sweep = now
@@ -209,8 +228,12 @@ class Runtime:
     # ------------------------------------------------------------------ supervisor
 
     def check(self) -> None:
-        """Deadlines and stalls; called by the supervisor with the lock held."""
+        """Deadlines, stalls and peers that stopped reading; called by the supervisor with
+        the lock held. Nothing here waits for a peer."""
         now = time.monotonic()
+        for conn in list(self.backlogged):
+            if conn.stalled(now):
+                conn.abort(f"no reply byte was read for {self.limits.drain_timeout:g}s")
         for pending in list(self.pending):
             if now - pending.since > self.limits.event_deadline:
                 self._expire(pending)
@@ -252,16 +275,67 @@ class Runtime:
 
     # ------------------------------------------------------------------ requests
 
+    def _accept(self) -> None:
+        for sock in self.listener.accept_all():
+            conn = Connection(
+                sock,
+                max_backlog=self.limits.max_backlog,
+                drain_timeout=self.limits.drain_timeout,
+                watch=self._watch_backlog,
+            )
+            self.selector.register(conn, selectors.EVENT_READ, conn)
+
+    def _watch_backlog(self, conn: Connection, backlogged: bool) -> None:
+        """Backpressure: while ``conn`` has unsent replies its peer is not reading, so the
+        loop stops reading its requests and waits for writability instead; once the
+        outbox drains, buffered requests are served again. Any thread may call this (with
+        the lock held); epoll takes the change even mid-wait. A hang-up is reported
+        whatever the interest, so a closed or aborted connection is still seen."""
+        if backlogged:
+            self.backlogged.add(conn)
+            self.carryover.discard(conn)
+        else:
+            self.backlogged.discard(conn)
+            if conn.buffered:
+                self.carryover.add(conn)
+        if not conn.closed:
+            events = selectors.EVENT_WRITE if backlogged else selectors.EVENT_READ
+            self.selector.modify(conn, events, conn)
+
     def _read(self, worker: Worker, conn: Connection) -> None:
-        messages = conn.receive()
-        if messages is not None:
-            for message in messages:
-                if not self._dispatch(worker, conn, message):
-                    messages = None
-                    break
-        if messages is None:
+        """Dispatch up to MESSAGES_PER_TURN messages; read the socket only once the
+        messages already buffered are done. Nothing is dispatched for a connection whose
+        earlier replies are still unsent (see _watch_backlog)."""
+        if conn.closed or (not conn.outbox and not conn.buffered and not conn.fill()):
+            self._close(conn)
+            return
+        for _ in range(MESSAGES_PER_TURN):
+            if conn.closed:
+                self._close(conn)
+                return
+            if conn.outbox:
+                return  # resumed by _watch_backlog once the peer reads
+            try:
+                message = conn.next_message()
+            except Malformed as error:
+                log.warning("closing a connection that sent malformed msgpack: %s", error)
+                self._close(conn)
+                return
+            if message is NO_MESSAGE:
+                self.carryover.discard(conn)
+                return
+            if not self._dispatch(worker, conn, message):
+                self._close(conn)
+                return
+        self.carryover.add(conn)
+
+    def _close(self, conn: Connection) -> None:
+        """Forget a connection; only the loop thread calls this (other threads abort())."""
+        self.carryover.discard(conn)
+        self.backlogged.discard(conn)
+        with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
-            conn.close()
+        conn.close()
 
     def _dispatch(self, worker: Worker, conn: Connection, message: Any) -> bool:
         """Handle one request; False when the connection must be dropped."""

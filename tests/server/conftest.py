@@ -6,7 +6,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ PLUGINS = {
     "gate": HERE / "plugins" / "gate_plugin.py",
     "after-exit": HERE / "plugins" / "after_exit_plugin.py",
     "noop": HERE / "plugins" / "noop_plugin.py",
+    "deadline": HERE / "plugins" / "deadline_plugin.py",
     "log-raise": HERE / "plugins" / "log_raise_plugin.py",
     "bad-args": HERE / "plugins" / "bad_args_plugin.py",
     "cilium-identity": ROOT / "kong_cilium_identity" / "plugin.py",
@@ -60,11 +61,13 @@ def make_kong(prefix: Path) -> Iterator[MakeKong]:
         read_timeout: float = 10.0,
         workers: int = 1,
         start: bool = True,
+        server_args: Sequence[str] = (),
     ) -> KongHarness:
         extra = [] if lua_style else ["--no-lua-style"]
         if server == "ours":
             extra += ["--event-deadline", str(deadline)]
             extra += ["--idle-event-limit", str(idle_event_limit)]
+            extra += server_args
         query, start_cmd = commands(server, plugin, prefix, *extra)
         kong = KongHarness(
             query,

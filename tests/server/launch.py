@@ -3,6 +3,8 @@
 python launch.py {ours|stock|stock-gevent} PLUGIN_FILE NAME --dump
 python launch.py {ours|stock|stock-gevent} PLUGIN_FILE NAME --kong-prefix P --socket-name S
     [--no-lua-style] [--event-deadline SECONDS] [--idle-event-limit SECONDS]
+    [--max-backlog BYTES] [--drain-timeout SECONDS] [--stdin-watch auto|on|off]
+    [--socket-mode OCTAL] [--socket-group GROUP]
 
 The plugin module follows kong-pdk's contract (``Plugin``, ``Schema``, ``version``,
 ``priority``), so the very same module runs under stock kong-pdk and under ours.
@@ -37,11 +39,17 @@ def main() -> None:
     parser.add_argument("--no-lua-style", action="store_true")
     parser.add_argument("--event-deadline", type=float, default=10.0)
     parser.add_argument("--idle-event-limit", type=float, default=300.0)
+    parser.add_argument("--max-backlog", type=int, default=1 << 20)
+    parser.add_argument("--drain-timeout", type=float, default=5.0)
+    parser.add_argument("--stdin-watch", default="auto")
+    parser.add_argument("--socket-mode", default="0660")
+    parser.add_argument("--socket-group")
     args = parser.parse_args()
     module = load(args.plugin)
     schema = list(getattr(module, "Schema", []))
     if args.server == "ours":
-        from kong_cilium_identity.server import plugin_info, serve
+        from kong_cilium_identity.server import SocketFile, StdinWatch, plugin_info, serve
+        from kong_cilium_identity.server.socket_file import parse_group, parse_mode
 
         meta = {"name": args.name, "version": module.version, "priority": module.priority}
         if args.dump:
@@ -59,6 +67,13 @@ def main() -> None:
             lua_style=not args.no_lua_style,
             event_deadline=args.event_deadline,
             idle_event_limit=args.idle_event_limit,
+            max_backlog=args.max_backlog,
+            drain_timeout=args.drain_timeout,
+            stdin_watch=StdinWatch(args.stdin_watch),
+            socket_file=SocketFile(
+                parse_mode(args.socket_mode),
+                None if args.socket_group is None else parse_group(args.socket_group),
+            ),
             **meta,
         )
     from kong_pdk.cli import start_dedicated_server

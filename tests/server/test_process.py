@@ -52,7 +52,9 @@ def rpc_for(kong: KongHarness) -> RpcClient:
 @pytest.mark.parametrize("server", SERVERS)
 def test_sigterm_removes_the_socket_and_exits_zero(prefix: Path, server: str) -> None:
     _, start = commands(server, "probe", prefix)
-    proc = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        start, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     socket_path = prefix / SOCKET
     try:
         assert wait_for(socket_path.exists)
@@ -68,31 +70,108 @@ def test_sigterm_removes_the_socket_and_exits_zero(prefix: Path, server: str) ->
     assert code == 0 and not socket_path.exists()
 
 
-def test_exits_when_kong_is_gone(prefix: Path) -> None:
-    _, start = commands("ours", "probe", prefix)
-    kong = subprocess.Popen(
+def launched_by_a_parent_that_exits(start: list[str], stdin: str) -> int:
+    """Start the server from a short-lived "Kong" that gives it ``stdin`` ("pipe": a pipe
+    the parent holds, as ngx.pipe.spawn does; "devnull") and exits; the server's pid."""
+    parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import subprocess, sys, time\n"
-            "server = subprocess.Popen(sys.argv[1:])\n"
+            "stdin = subprocess.PIPE if sys.argv[1] == 'pipe' else subprocess.DEVNULL\n"
+            "server = subprocess.Popen(sys.argv[2:], stdin=stdin)\n"
             "print(server.pid, flush=True)\n"
             "time.sleep(1.0)\n",
+            stdin,
             *start,
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert kong.stdout is not None
-    server_pid = int(kong.stdout.readline())
+    assert parent.stdout is not None
+    server_pid = int(parent.stdout.readline())
+    parent.wait(timeout=10)  # "Kong" exits without stopping its plugin server
+    return server_pid
+
+
+def test_exits_when_kong_is_gone(prefix: Path) -> None:
+    """Under Kong's start_cmd the server's stdin is a pipe from the nginx worker: EOF on
+    it means Kong is gone."""
+    _, start = commands("ours", "probe", prefix)
+    server_pid = launched_by_a_parent_that_exits(start, "pipe")
     try:
-        assert wait_for((prefix / SOCKET).exists)
-        kong.wait(timeout=10)  # "Kong" exits without stopping its plugin server
         assert wait_for(lambda: gone(server_pid))
         assert not (prefix / SOCKET).exists()
     finally:
         if not gone(server_pid):
             os.kill(server_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("watch", [[], ["--stdin-watch", "off"]], ids=["auto", "off"])
+def test_outlives_the_process_that_launched_it(prefix: Path, watch: list[str]) -> None:
+    """External process management (systemd, s6, supervisord, a sidecar): stdin is not
+    a pipe (or the watch is off), and the launcher may exit; the server keeps serving
+    until SIGTERM."""
+    _, start = commands("ours", "probe", prefix, *watch)
+    stdin = "pipe" if watch else "devnull"  # off: even a closed pipe is ignored
+    server_pid = launched_by_a_parent_that_exits(start, stdin)
+    try:
+        assert wait_for((prefix / SOCKET).exists)
+        time.sleep(1.0)  # well past the launcher's exit
+        assert not gone(server_pid)
+        status = RpcClient(str(prefix / SOCKET), read_timeout=5.0, log=lambda *_: None).call(
+            "plugin.GetStatus"
+        )
+        assert status["Pid"] == server_pid
+        os.kill(server_pid, signal.SIGTERM)
+        assert wait_for(lambda: gone(server_pid))
+        assert not (prefix / SOCKET).exists()
+    finally:
+        if not gone(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_stdin_closed_stops_the_server_with_exit_zero(prefix: Path) -> None:
+    _, start = commands("ours", "probe", prefix)
+    proc = subprocess.Popen(start, stdin=subprocess.PIPE)
+    try:
+        assert wait_for((prefix / SOCKET).exists)
+        assert proc.stdin is not None
+        proc.stdin.write(b"anything Kong might write is read and ignored\n")
+        proc.stdin.flush()
+        time.sleep(0.2)
+        assert proc.poll() is None
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert not (prefix / SOCKET).exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stopping_server_leaves_its_successors_socket_alone(prefix: Path) -> None:
+    """Kong reload: the new worker 0 starts a server (which replaces the socket) while
+    the old one is still stopping; the old one must not remove the new socket."""
+    _, start = commands("ours", "probe", prefix)
+    old = subprocess.Popen(start, stdin=subprocess.PIPE)
+    new = None
+    try:
+        assert wait_for((prefix / SOCKET).exists)
+        first = (prefix / SOCKET).lstat().st_ino
+        new = subprocess.Popen(start, stdin=subprocess.PIPE)
+        assert wait_for(lambda: (prefix / SOCKET).lstat().st_ino != first)
+        assert old.stdin is not None
+        old.stdin.close()  # the old nginx worker exits
+        assert old.wait(timeout=10) == 0
+        status = RpcClient(str(prefix / SOCKET), read_timeout=5.0, log=lambda *_: None).call(
+            "plugin.GetStatus"
+        )
+        assert status["Pid"] == new.pid
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.mark.parametrize("server", SERVERS)

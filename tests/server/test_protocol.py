@@ -195,7 +195,7 @@ def test_a_map_key_python_cannot_hash_drops_the_connection_not_the_server(
     sock.settimeout(5.0)
     sock.connect(str(kong.socket_path))
     # [0, 1, "plugin.GetStatus", [{[1]: 2}]]
-    sock.sendall(b"\x94\x00\x01\xafplugin.GetStatus\x91\x81\x91\x01\x02")
+    sock.sendall(b"\x94\x00\x01\xb0plugin.GetStatus\x91\x81\x91\x01\x02")
     assert sock.recv(1024) == b""  # dropped, no reply
     sock.close()
     assert wait_for_output(kong, "malformed msgpack")
