@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kong_cilium_identity import PLUGIN_NAME
+from kong_cilium_identity.hosting import DEFAULT_EVENT_DEADLINE
 
 if TYPE_CHECKING:
     from kong_cilium_identity.server.socket_file import SocketFile
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--event-deadline",
         type=float,
-        default=10.0,
+        default=DEFAULT_EVENT_DEADLINE,
         help="seconds an event may take before Kong gets a 500 (default 10, keep < 60)",
     )
     serve.add_argument(

@@ -8,6 +8,9 @@ nothing, so the plugin can read it without importing the server.
 
 from __future__ import annotations
 
+# `serve --event-deadline` default: seconds before an event is answered with a 500.
+DEFAULT_EVENT_DEADLINE = 10.0
+
 _event_deadline: float | None = None
 
 

@@ -15,8 +15,9 @@ import threading
 import weakref
 from typing import Any
 
-from kong_cilium_identity import PLUGIN_NAME, __version__
+from kong_cilium_identity import PLUGIN_NAME, __version__, hosting
 from kong_cilium_identity.access import KongSide, handle_access
+from kong_cilium_identity.budget import timeout_violations
 from kong_cilium_identity.identity.resolver import RESOLVERS
 from kong_cilium_identity.identity.sources import ConfigError
 from kong_cilium_identity.schema import config_fields, parse_config
@@ -49,6 +50,9 @@ class Plugin:
         self._release: Any = None
         try:
             self.config = parse_config(config)
+            problems = timeout_violations(self.config, hosting.event_deadline())
+            if problems:
+                raise ConfigError("; ".join(problems))
         except ConfigError as error:
             self.invalid = str(error)
             _report_invalid(config, self.invalid)

@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from kong_cilium_identity.budget import timeout_violations
 from kong_cilium_identity.decision import Consumer, Decision, Facts, decide
+from kong_cilium_identity.hosting import DEFAULT_EVENT_DEADLINE
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.resolver import RESOLVERS
@@ -49,13 +51,18 @@ def plugin_configs(document: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def load_config(raw: Any) -> Config:
-    """Kong's validation (defaults filled) then the plugin's; raises ConfigError."""
+def load_config(raw: Any, event_deadline: float | None = DEFAULT_EVENT_DEADLINE) -> Config:
+    """Kong's validation (defaults filled), then the plugin's, then the timeout budget
+    against the server's event deadline; raises ConfigError."""
     try:
         filled = validate_config(config_field(plugin_info()["Schema"]), raw)
     except ConfigRejected as rejected:
         raise ConfigError(f"Kong would reject it: {rejected}") from None
-    return parse_config(filled)
+    config = parse_config(filled)
+    problems = timeout_violations(config, event_deadline)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
 
 
 def validate(path: Path) -> list[str]:

@@ -34,6 +34,10 @@ def test_validate_accepts_the_shipped_kong_yaml() -> None:
         ("mode: audit\n", "Kong would reject it"),
         ("bindings:\n  - consumer: x\n    selectors: ['k8s:app=,']\n", "empty term"),
         ("_format_version: '3.0'\nservices: []\n", "no cilium-identity plugin config"),
+        (
+            "sources: [agent, hubble]\nlookup_timeout: 6\n",
+            "lookup_timeout",  # 2 remote sources x 6 s cannot fit the 10 s event deadline
+        ),
     ],
 )
 def test_validate_reports_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:

@@ -261,3 +261,14 @@ def test_plugin_exception_in_monitor_mode_passes(faulty_kong: KongHarness) -> No
     out = call(faulty_kong, {**CONFIG, "mode": "monitor"}, client_ip="10.66.6.6")
     assert out.proxied and not out.failed_open
     assert "x-cilium-identity" not in out.upstream_headers
+
+
+def test_timeouts_that_cannot_fit_the_event_deadline_refuse_the_route(kong: KongHarness) -> None:
+    """Two remote sources at 6 s each cannot answer within the server's 10 s deadline: the
+    configuration is refused (500 invalid_config, once logged naming the fields) instead
+    of every request ending at the deadline."""
+    plugin = kong.add_plugin({**CONFIG, "sources": ["agent", "hubble"], "lookup_timeout": 6})
+    out = kong.request(plugin, KongRequest(client_ip=CHECKOUT_IP, consumer=CHECKOUT))
+    assert not out.proxied and out.status == 500
+    assert out.body["message"] == "An unexpected error occurred (invalid_config)"
+    assert out.pdk_calls == ["kong.response.error"]

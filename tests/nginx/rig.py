@@ -309,6 +309,7 @@ class PluginServer:
                     "--socket-name",
                     SOCKET_NAME,
                 ],
+                stdin=subprocess.DEVNULL,  # not Kong's pipe: no stdin watch
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
