@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kong_cilium_identity import metrics
 from kong_cilium_identity.server import protocol
 from kong_cilium_identity.server.events import Event, EventAbandoned, EventTable, Outcome, State
 from kong_cilium_identity.server.instances import Instance, InstanceTable, PluginSpec
@@ -107,6 +108,7 @@ class Runtime:
         self.selector.register(listener.sock, selectors.EVENT_READ, None)
         self.instances = InstanceTable()
         self.events = EventTable()
+        metrics.count_in_flight(self.events.__len__)
         self.pending: set[Pending] = set()
         self.kong = new_kong()
         self.stopping = False
@@ -180,6 +182,7 @@ class Runtime:
                 if key.data is None:
                     for conn in self.listener.accept_all():
                         self.selector.register(conn, selectors.EVENT_READ, conn)
+                        metrics.connection_opened()
                 else:
                     self._read(worker, key.data)
             now = time.monotonic()
@@ -220,6 +223,7 @@ class Runtime:
 
     def _expire(self, pending: Pending) -> None:
         event = pending.event
+        metrics.deadline_hit(event.phase if event is not None else "instance")
         if event is None:
             log.error("%s; answering Kong with an error", pending.timeout_error)
             self._answer_error(pending, pending.timeout_error)
@@ -262,6 +266,7 @@ class Runtime:
         if messages is None:
             self.selector.unregister(conn)
             conn.close()
+            metrics.connection_closed()
 
     def _dispatch(self, worker: Worker, conn: Connection, message: Any) -> bool:
         """Handle one request; False when the connection must be dropped."""
@@ -407,6 +412,8 @@ class Runtime:
             if out is Outcome.RETURNED:
                 self._finish(worker, event, protocol.RETURNED)
             else:
+                if out is Outcome.RAISED:
+                    metrics.plugin_exception("phase")
                 self._finish(worker, event, protocol.fail_closed_for(event.phase))
         elif out.get("Method") in protocol.ENDING_METHODS:
             if self._finish(worker, event, out):
