@@ -451,7 +451,8 @@ def log_entry(config: Config, decision: Decision) -> dict[str, Any]:
     if identity is not None:
         entry["identity"] = identity.id
         entry["source"] = identity.source or entry.get("source", "")
-        entry["age"] = round(max(0.0, time.time() - identity.observed_at), 3)
+        if identity.observed_at > 0:  # static entries are configured, never observed
+            entry["age"] = round(max(0.0, time.time() - identity.observed_at), 3)
         for key in ("namespace", "service_account", "cluster"):
             value = getattr(identity, key)
             if value:
