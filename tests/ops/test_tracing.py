@@ -65,9 +65,7 @@ def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
     return finished[0]
 
 
-def test_lookup_span_is_a_child_of_kongs_trace(
-    spans: InMemorySpanExporter, config: Config
-) -> None:
+def test_lookup_span_is_a_child_of_kongs_trace(spans: InMemorySpanExporter, config: Config) -> None:
     kong = CompanionKong(consumer=CHECKOUT, ip=CHECKOUT_IP, traceparent=TRACEPARENT)
     decision = handle_access(kong, config, RESOLVERS.acquire(config.resolver))
     RESOLVERS.release(config.resolver)
