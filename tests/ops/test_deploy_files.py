@@ -77,7 +77,7 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
     for panel in panels():
         assert panel["datasource"]["uid"] == "${datasource}"
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
         assert panel["targets"], panel["title"]
         ref_ids = [target["refId"] for target in panel["targets"]]
         assert len(ref_ids) == len(set(ref_ids))
