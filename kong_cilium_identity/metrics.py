@@ -180,8 +180,8 @@ _followers: weakref.WeakSet[_Connected] = weakref.WeakSet()
 
 
 def track_endpoint_index(resource: str, index: Sized) -> None:
-    """Report ``len(index)`` as the number of objects indexed from ``resource``
-    (e.g. ``ciliumendpoints``, ``ciliumendpointslices``) while the index lives."""
+    """Report ``len(index)`` as the number of endpoints indexed from ``resource``
+    (``ciliumendpoints``, ``ciliumendpointslices``) while the index lives."""
     with _lock:
         _indexes.append((resource, weakref.ref(index)))
 
@@ -249,9 +249,9 @@ class _StateCollector(Collector):
             followers = list(_followers)
             health = dict(_health)
         yield from _source_families(sources, health)
-        objects = GaugeMetricFamily(
-            PREFIX + "endpoint_index_objects",
-            "Objects held by a Kubernetes endpoint index, by resource",
+        entries = GaugeMetricFamily(
+            PREFIX + "endpoint_index_entries",
+            "Endpoints held by a Kubernetes endpoint index, by the resource they were read from",
             labels=["resource"],
         )
         sizes: dict[str, int] = {}
@@ -259,8 +259,8 @@ class _StateCollector(Collector):
             if index is not None:
                 sizes[resource] = sizes.get(resource, 0) + len(index)
         for resource, size in sorted(sizes.items()):
-            objects.add_metric([resource], size)
-        yield objects
+            entries.add_metric([resource], size)
+        yield entries
         streams = GaugeMetricFamily(
             PREFIX + "hubble_follow_streams",
             "Hubble follow streams, by state (connected: Relay's node status was received)",

@@ -29,7 +29,7 @@ def test_endpoint_index_size_is_read_at_scrape_time() -> None:
     first, second = Index(3), Index(4)
     metrics.track_endpoint_index("ciliumendpointslices-test", first)
     metrics.track_endpoint_index("ciliumendpointslices-test", second)
-    name = "cilium_identity_endpoint_index_objects"
+    name = "cilium_identity_endpoint_index_entries"
     assert sample(name, resource="ciliumendpointslices-test") == 7
     first.size = 10
     assert sample(name, resource="ciliumendpointslices-test") == 14
