@@ -13,6 +13,7 @@ Each span is a child of Kong's trace when the request carries a W3C ``traceparen
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,11 @@ except ImportError:  # the [otel] extra is not installed
 TRACEPARENT = "traceparent"
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _SCOPE = "kong_cilium_identity"
+RECHECK = 1.0
+"""Seconds between looks at the process-wide provider while none is configured."""
 _provider: TracerProvider | None = None
+_configured = False
+_checked_at = float("-inf")
 
 
 def available() -> bool:
@@ -46,13 +51,21 @@ def use(provider: TracerProvider | None) -> None:
 
 def enabled() -> bool:
     """True when spans would go somewhere: a provider was given, or the process-wide one
-    is configured (not OpenTelemetry's default proxy or no-op provider)."""
+    is configured (not OpenTelemetry's default proxy or no-op provider). The process-wide
+    provider can be set once only: once seen configured it stays so; until then it is
+    looked at no more than once per ``RECHECK`` seconds (this runs on every request)."""
+    global _configured, _checked_at
     if trace is None:
         return False
-    if _provider is not None:
+    if _provider is not None or _configured:
         return True
+    now = time.monotonic()
+    if now - _checked_at < RECHECK:
+        return False
+    _checked_at = now
     provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    _configured = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return _configured
 
 
 def valid_traceparent(value: Any) -> str | None:
