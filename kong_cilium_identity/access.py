@@ -26,12 +26,12 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
 
-from kong_cilium_identity import metrics, pdk
+from kong_cilium_identity import metrics, pdk, tracing
 from kong_cilium_identity.decision import Consumer, Decision, Facts, Reason, decide, deny
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
@@ -134,6 +134,14 @@ class Exchange:
             local_port = pdk.call(self.kong.request.get_port)
         return _port(client_port), _port(local_port)
 
+    def traceparent(self) -> str | None:
+        """Kong's W3C trace context for the lookup spans; only asked while tracing is on."""
+        if not tracing.enabled():
+            return None
+        if self.native is not None:
+            return tracing.valid_traceparent(self.native.get(tracing.TRACEPARENT))
+        return tracing.valid_traceparent(self.headers().get(tracing.TRACEPARENT))
+
     def kong_jwt(self) -> str | None:
         """The token Kong's jwt plugin verified (``kong.ctx.shared``), if any."""
         if self.native is not None:
@@ -158,6 +166,7 @@ def facts_request(config: Config, verifier: TokenVerifier | None) -> dict[str, A
         "token_header": verifier.settings.header if verifier is not None else "",
         "jwt": bool(config.policy.claim_rules) and verifier is None,
         "ports": config.resolver.wants_ports,
+        "traceparent": tracing.enabled(),
     }
 
 
@@ -174,6 +183,7 @@ def handle_access(
         exchange = _open(kong, config, verifier, kong_side or KongSide())
         decision = _decide(exchange, config, resolver, verifier)
     except Exception as error:
+        metrics.plugin_exception("access")
         log.exception("cilium-identity: internal error")
         decision = deny(Reason.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
     try:
@@ -183,6 +193,7 @@ def handle_access(
         else:
             _apply_pdk(exchange, config, decision)
     except Exception:
+        metrics.plugin_exception("apply")
         log.exception("cilium-identity: could not apply decision %s", decision.reason)
         if config.mode is Mode.ENFORCE:
             kong.response.error(500, _MESSAGES[500])
@@ -243,9 +254,9 @@ def _decide_for(
 ) -> Decision:
     client_ip = exchange.client_ip(config)
     ports = exchange.ports(config) if config.resolver.wants_ports else (None, None)
-    lookup = _lookup(resolver, client_ip, *ports)
+    lookup = _lookup(resolver, client_ip, *ports, exchange.traceparent())
     facts = Facts(consumer[0], consumer[1], client_ip, claims)
-    return decide(facts, lookup, config.policy)
+    return replace(decide(facts, lookup, config.policy), lookup=lookup)
 
 
 def _token_consumer(exchange: Exchange, named: ConsumerClaim) -> tuple[Consumer | None, bool]:
@@ -289,6 +300,7 @@ def _lookup(
     client_ip: str | None,
     client_port: int | None = None,
     local_port: int | None = None,
+    traceparent: str | None = None,
 ) -> Lookup:
     if client_ip is None:
         return Lookup.unknown("kong", "Kong reported no client address")
@@ -296,7 +308,8 @@ def _lookup(
         address = parse_address(client_ip)
     except ValueError as error:
         return Lookup.unknown("kong", f"client address {client_ip!r}: {error}")
-    return resolver.lookup(Peer(str(address), client_port, local_port))
+    extra = {tracing.TRACEPARENT: traceparent} if traceparent else {}
+    return resolver.lookup(Peer(str(address), client_port, local_port, extra))
 
 
 def _claims_of(token: str | None) -> Mapping[str, Any] | None:
@@ -422,8 +435,10 @@ def _identity_header_values(identity: Identity | None) -> dict[str, str]:
 
 
 def log_entry(config: Config, decision: Decision) -> dict[str, Any]:
-    """What Kong's log plugins receive under ``cilium_identity``: the decision and the
-    identity's coordinates; never tokens, secrets, label dumps or client header values."""
+    """What Kong's log plugins receive under ``cilium_identity`` (docs/metrics.md): the
+    decision, the identity's coordinates, which source answered, how old its answer is and
+    whether it came from the cache; never tokens, secrets, label dumps, the detail text or
+    client header values."""
     entry: dict[str, Any] = {
         "decision": "allow" if decision.allowed else "deny",
         "reason": str(decision.reason),
@@ -434,11 +449,16 @@ def log_entry(config: Config, decision: Decision) -> dict[str, Any]:
         entry["decision"] = "would_deny"
     if decision.consumer is not None:
         entry["consumer"] = decision.consumer.username or decision.consumer.id
+    lookup = decision.lookup
+    if lookup is not None:
+        entry["source"] = lookup.source
+        entry["cache"] = {True: "hit", False: "miss", None: "none"}[lookup.cached]
     identity = decision.identity
     if identity is not None:
         entry["identity"] = identity.id
-        entry["source"] = identity.source
-        entry["age"] = round(max(0.0, time.time() - identity.observed_at), 3)
+        entry["source"] = identity.source or entry.get("source", "")
+        if identity.observed_at > 0:  # static entries are configured, never observed
+            entry["age"] = round(max(0.0, time.time() - identity.observed_at), 3)
         for key in ("namespace", "service_account", "cluster"):
             value = getattr(identity, key)
             if value:

@@ -220,6 +220,7 @@ class Decision:
     selector: str | None = None
     status_code: int | None = None  # when a reason has more than one status (token: 400/401)
     response_headers: Mapping[str, str] = field(default_factory=dict)
+    lookup: Lookup | None = None  # the identity lookup the decision was based on, if any
 
     @property
     def status(self) -> int:

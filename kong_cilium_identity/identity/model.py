@@ -84,6 +84,9 @@ class Lookup:
     identity: Identity | None = None
     source: str = ""
     detail: str = ""
+    cached: bool | None = None
+    """True: answered from the resolver's cache; False: the source was asked; None: the
+    source has no cache in front of it (in-memory indexes)."""
 
     @classmethod
     def found(cls, identity: Identity, source: str = "") -> Lookup:

@@ -10,7 +10,11 @@ the whole answer UNAVAILABLE because agreement cannot be proven.
 Remote sources (``cacheable``) are wrapped: hits are kept ``ttl`` seconds, UNKNOWN and
 AMBIGUOUS answers ``negative_ttl`` seconds, failures never; concurrent misses for one
 address share one upstream call, which runs on a bounded worker pool so that a source
-that hangs costs the caller its timeout and nothing more.
+that hangs costs the caller its timeout and nothing more. Answers say whether they came
+from the cache (``Lookup.cached``).
+
+Every source's answer is timed and counted (``metrics``), and traced when OpenTelemetry is
+configured (``tracing``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cachetools import TLRUCache
 
+from kong_cilium_identity import metrics, tracing
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.shared import SharedPool
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, Source
@@ -63,12 +68,15 @@ class CachedSource:
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
+                metrics.cache_hit(self.name)
                 return cached
             future = self._join_or_start(peer, timeout)
+        metrics.cache_miss(self.name)
         try:
-            return future.result(timeout=timeout)
+            return replace(future.result(timeout=timeout), cached=False)
         except FutureTimeout:
-            return Lookup.unavailable(self.name, f"no answer within {timeout:g}s")
+            detail = f"no answer within {timeout:g}s"
+            return Lookup(LookupStatus.UNAVAILABLE, None, self.name, detail, cached=False)
 
     def _join_or_start(self, peer: Peer, timeout: float) -> Future[Lookup]:
         """Called with the lock held. A call that outlived its timeout is not joined.
@@ -106,11 +114,17 @@ class CachedSource:
                 return result  # superseded: a newer call for the address was started
             del self._inflight[peer.address]
             if result.status is not LookupStatus.UNAVAILABLE:
-                self._cache[peer.address] = result
+                self._cache[peer.address] = replace(result, cached=True)
         return result
 
     def ready(self) -> bool:
         return self.inner.ready()
+
+    def cache_size(self) -> int:
+        """Answers held now (expired ones dropped first)."""
+        with self._lock:
+            self._cache.expire()
+            return len(self._cache)
 
     def close(self) -> None:
         with self._lock:
@@ -135,6 +149,7 @@ class Resolver:
     def __init__(self, sources: Sequence[Source], settings: ResolverSettings) -> None:
         self.sources = list(sources)
         self.settings = settings
+        metrics.track_sources(self.sources)
 
     def lookup(self, peer: Peer) -> Lookup:
         if self.settings.require_agreement:
@@ -175,10 +190,22 @@ class Resolver:
 
 
 def _ask(source: Source, peer: Peer, timeout: float) -> Lookup:
+    if tracing.enabled():
+        traceparent = peer.extra.get(tracing.TRACEPARENT)
+        return tracing.traced_lookup(
+            source.name, peer.address, traceparent, lambda: _timed(source, peer, timeout)
+        )
+    return _timed(source, peer, timeout)
+
+
+def _timed(source: Source, peer: Peer, timeout: float) -> Lookup:
+    started = time.perf_counter()
     try:
-        return source.lookup(peer, timeout)
+        result = source.lookup(peer, timeout)
     except Exception as error:  # a source must not raise; if it does, fail closed
-        return Lookup.unavailable(source.name, f"source raised {error!r}")
+        result = Lookup.unavailable(source.name, f"source raised {error!r}")
+    metrics.observe_lookup(source.name, result, time.perf_counter() - started)
+    return result
 
 
 def _create_source(key: tuple[str, Hashable]) -> Source:
@@ -207,6 +234,7 @@ def _create_resolver(settings: ResolverSettings) -> Resolver:
 
 
 def _close_resolver(resolver: Resolver) -> None:
+    metrics.untrack_sources(resolver.sources)
     for source in resolver.sources:
         if isinstance(source, CachedSource):
             source.close()

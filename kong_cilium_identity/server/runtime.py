@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kong_cilium_identity import metrics
 from kong_cilium_identity.server import protocol
 from kong_cilium_identity.server.events import Event, EventAbandoned, EventTable, Outcome, State
 from kong_cilium_identity.server.instances import Instance, InstanceTable, PluginSpec
@@ -115,6 +116,7 @@ class Runtime:
         self.selector.register(listener.sock, selectors.EVENT_READ, None)
         self.instances = InstanceTable()
         self.events = EventTable()
+        metrics.count_in_flight(self.events.__len__)
         self.pending: set[Pending] = set()
         self.backlogged: set[Connection] = set()  # connections with unsent replies
         self.carryover: set[Connection] = set()  # connections with undispatched messages
@@ -243,6 +245,7 @@ class Runtime:
 
     def _expire(self, pending: Pending) -> None:
         event = pending.event
+        metrics.deadline_hit(event.phase if event is not None else "instance")
         if event is None:
             log.error("%s; answering Kong with an error", pending.timeout_error)
             self._answer_error(pending, pending.timeout_error)
@@ -284,6 +287,7 @@ class Runtime:
                 watch=self._watch_backlog,
             )
             self.selector.register(conn, selectors.EVENT_READ, conn)
+            metrics.connection_opened()
 
     def _watch_backlog(self, conn: Connection, backlogged: bool) -> None:
         """Backpressure: while ``conn`` has unsent replies its peer is not reading, so the
@@ -336,6 +340,7 @@ class Runtime:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
         conn.close()
+        metrics.connection_closed()
 
     def _dispatch(self, worker: Worker, conn: Connection, message: Any) -> bool:
         """Handle one request; False when the connection must be dropped."""
@@ -481,6 +486,8 @@ class Runtime:
             if out is Outcome.RETURNED:
                 self._finish(worker, event, protocol.RETURNED)
             else:
+                if out is Outcome.RAISED:
+                    metrics.plugin_exception("phase")
                 self._finish(worker, event, protocol.fail_closed_for(event.phase))
         elif out.get("Method") in protocol.ENDING_METHODS:
             if self._finish(worker, event, out):

@@ -24,6 +24,7 @@ from typing import Any
 
 import jwt
 
+from kong_cilium_identity import metrics
 from kong_cilium_identity.identity.shared import SharedPool
 from kong_cilium_identity.token.algorithms import SUPPORTED_ALGORITHMS, PublicKey, key_fits
 from kong_cilium_identity.token.fetch import FetchError, fetch_json, resolve_jwks_uri
@@ -221,6 +222,7 @@ class KeyStore:
         except Exception as failure:  # a bug must not kill the thread and freeze the store
             keys, error = [], f"{type(failure).__name__}: {failure}"
             log.exception("cilium-identity: JWKS refresh failed unexpectedly")
+        metrics.jwks_refreshed(error is None)
         with self._cond:
             if error is None:
                 self._remote = tuple(keys)

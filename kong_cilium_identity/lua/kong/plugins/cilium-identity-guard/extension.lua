@@ -67,6 +67,24 @@ local function clear_prefixed(headers, prefix)
 end
 
 
+local function hex(bytes)
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+
+-- W3C traceparent of Kong's active span when Kong traces the request, else the client's.
+local function traceparent(headers)
+  local tracing = kong.tracing
+  local span = tracing and tracing.active_span and tracing.active_span()
+  if type(span) == "table" and type(span.trace_id) == "string"
+     and type(span.span_id) == "string" then
+    return string.format("00-%s-%s-%s", hex(span.trace_id), hex(span.span_id),
+                         span.should_sample and "01" or "00")
+  end
+  return text(headers["traceparent"])
+end
+
+
 local function facts(spec)
   if type(spec) ~= "table" then
     spec = {}
@@ -97,6 +115,9 @@ local function facts(spec)
   end
   if spec.jwt then
     result.jwt = text(kong.ctx.shared[JWT_CTX_KEY])
+  end
+  if spec.traceparent then
+    result.traceparent = traceparent(headers)
   end
   if spec.ports then
     local port
