@@ -20,6 +20,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from kong_cilium_identity import metrics
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.sources.hubble_evidence import Evidence, Witness
 from kong_cilium_identity.identity.sources.hubble_flows import (
@@ -125,6 +126,7 @@ class FlowFollower:
         self._thread = threading.Thread(
             target=self._run, name="cilium-identity-hubble-follow", daemon=True
         )
+        metrics.track_hubble_follower(self)
 
     def start(self) -> None:
         self._thread.start()
@@ -148,6 +150,8 @@ class FlowFollower:
             except Exception as error:  # the stream ends with an RpcError; keep following
                 if not self._stopped.is_set():
                     log.warning("hubble follow stream interrupted: %s", _describe(error))
+            if not self._stopped.is_set():
+                metrics.hubble_follow_restarted()
             # A new stream starts from now: flows sent in the gap are never replayed.
             self._warm.clear()
             self.connected.clear()
