@@ -1,4 +1,4 @@
-"""List + watch of one cluster-wide ``cilium.io/v2`` resource with the kubernetes client.
+"""List + watch of one cluster-wide ``cilium.io`` resource with the kubernetes client.
 
 The loop, on one background thread:
 
@@ -134,8 +134,10 @@ class ListWatch:
         begin_relist: Callable[[], Relist],
         apply: Callable[[str, Mapping[str, Any]], None],
         settings: WatchSettings,
+        version: str = VERSION,
     ) -> None:
         self.plural = plural
+        self.version = version
         self._api = api
         self._begin_relist = begin_relist
         self._apply = apply
@@ -145,6 +147,7 @@ class ListWatch:
         self._response: Any = None
         self._disconnected_since: float | None = time.monotonic()
         self.resource_version: str | None = None
+        self.last_failure: Exception | None = None  # cleared by the next successful list
         self.stats = dict.fromkeys(("lists", "watches", "events", "bookmarks", "gone", "errors"), 0)
         self._thread = threading.Thread(
             target=self._run, name=f"cilium-identity-watch-{plural}", daemon=True
@@ -169,7 +172,7 @@ class ListWatch:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        log.info("waiting for the first list of %s.%s", self.plural, GROUP)
+        log.info("waiting for the first list of %s.%s/%s", self.plural, GROUP, self.version)
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -210,6 +213,7 @@ class ListWatch:
                 if self._stopping.is_set():
                     break
                 self.stats["errors"] += 1
+                self.last_failure = error
                 failures += 1
                 self._mark_disconnected()
                 delay = backoff_delay(
@@ -236,7 +240,7 @@ class ListWatch:
     def _call(self, **params: Any) -> Any:
         try:
             return self._api.list_cluster_custom_object(
-                GROUP, VERSION, self.plural, _preload_content=False, **params
+                GROUP, self.version, self.plural, _preload_content=False, **params
             )
         except ApiException as error:
             if error.status == HTTP_GONE:
@@ -250,6 +254,7 @@ class ListWatch:
             version, pages = self._load_pages()
         self.resource_version = version
         self._disconnected_since = None
+        self.last_failure = None
         self.stats["lists"] += 1
         if not self._synced.is_set():
             log.info("%s synced at resourceVersion %s (%d pages)", self.plural, version, pages)
