@@ -158,6 +158,7 @@ def parse_endpoint(obj: Any, interner: LabelInterner, source: str, now: float) -
     addresses, node_ip = _networking(status, where_status)
     service_account = shape.text(status, "service-account", where_status)
     pod_uid = _pod_uid(metadata, where)
+    _check_extras(status, where_status)
     raw_identity = shape.mapping(status, "identity", where_status)
     identity_id = shape.identity_id(raw_identity, "id", f"{where_status}.identity")
     texts = shape.strings(raw_identity, "labels", f"{where_status}.identity")
@@ -192,13 +193,18 @@ def parse_endpoint(obj: Any, interner: LabelInterner, source: str, now: float) -
     )
 
 
-def _check_slice_extras(item: Mapping[str, Any], where: str) -> None:
-    """Type-check the members the index does not use, so a mangled endpoint is noticed."""
-    shape.integer(shape.mapping(item, "encryption", where), "key", f"{where}.encryption")
-    for port in shape.objects(item, "named-ports", where):
+def _check_extras(holder: Mapping[str, Any], where: str) -> None:
+    """Type-check the small fields the index does not use (endpoint id, encryption key,
+    named ports, external identifiers), so that a mangled object is noticed as a whole."""
+    shape.integer(holder, "id", where)
+    shape.integer(shape.mapping(holder, "encryption", where), "key", f"{where}.encryption")
+    for port in shape.objects(holder, "named-ports", where):
         shape.text(port, "name", f"{where}.named-ports[]")
         shape.integer(port, "port", f"{where}.named-ports[]")
         shape.text(port, "protocol", f"{where}.named-ports[]")
+    external = shape.mapping(holder, "external-identifiers", where)
+    for name in external:
+        shape.text(external, name, f"{where}.external-identifiers")
 
 
 def _slice_member(
@@ -216,7 +222,7 @@ def _slice_member(
     addresses, node_ip = _networking(item, where)
     pod_uid = shape.text(item, "pod-uid", where)
     service_account = shape.text(item, "service-account", where)
-    _check_slice_extras(item, where)
+    _check_extras(item, where)
     identity: Identity | None = None
     if identity_id is not None and identity_id != UNKNOWN_IDENTITY:
         identity = Identity(

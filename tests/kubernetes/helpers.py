@@ -3,27 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.kubernetes import KubernetesSource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# ``../shared`` beside the repository; a checkout elsewhere may name it in this variable.
+SHARED = Path(os.environ.get("KONG_CILIUM_IDENTITY_SHARED") or REPO_ROOT.parent / "shared")
 REAL_CEP = "k8s-crd/ciliumendpoint-v1.15.0-rc.1-wcni-kind.json"
+REAL_CES = "k8s-crd/ciliumendpointslice-wluo-2024.yaml"
 
 
-def real_fixtures() -> Path:
-    """``../shared/fixtures/real`` beside the repository (as CI clones it), else /work."""
-    beside = REPO_ROOT.parent / "shared" / "fixtures" / "real"
-    return beside if beside.is_dir() else Path("/work/shared/fixtures/real")
+def shared_file(relative: str) -> Path:
+    """A file of ``../shared`` beside the repository (as CI clones it); the test is
+    skipped, naming the path, when it is absent."""
+    path = SHARED / relative
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (the shared fixtures are not beside the repository)")
+    return path
 
 
 def load_real_cep() -> dict[str, Any]:
     """The captured ``kubectl get ciliumendpoint wluo-mvz4t -o json``."""
-    data: dict[str, Any] = json.loads((real_fixtures() / REAL_CEP).read_text(encoding="utf-8"))
+    text = shared_file(f"fixtures/real/{REAL_CEP}").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def load_real_ces() -> dict[str, Any]:
+    """The captured ``kubectl get ces ces-g2mw9wrrx-chnfb -o yaml`` (identity 6704)."""
+    text = shared_file(f"fixtures/real/{REAL_CES}").read_text(encoding="utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
     return data
 
 

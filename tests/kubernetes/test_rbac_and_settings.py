@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     KubernetesSettings,
     KubernetesSource,
     api_client,
+    create,
     parse_settings,
 )
-from tests.kubernetes.helpers import REPO_ROOT
+from kong_cilium_identity.testing.fake_kube import ALL_SERVED, FakeKubeApi
+from tests.kubernetes.helpers import FAST, REPO_ROOT
 
 MANIFEST = REPO_ROOT / "deploy" / "rbac.yaml"
 PACKAGED = Path(kong_cilium_identity.__file__).parent / "deploy" / "rbac.yaml"
@@ -28,6 +31,35 @@ def documents() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(MANIFEST.read_text(encoding="utf-8")) if doc]
 
 
+def test_manifest_covers_every_resource_the_source_reads(made: list[KubernetesSource]) -> None:
+    """Run the source against a cluster serving every kind it knows, and check that each
+    resource it listed or watched is granted get, list and watch by the ClusterRole."""
+    with FakeKubeApi(served=ALL_SERVED) as fake:
+        source = create(parse_settings({"api_url": fake.url, **FAST, "watch_identities": True}))
+        made.append(source)
+        assert source.wait_ready(10)
+        read = {path.rsplit("/", 1)[-1] for path, _ in fake.requests if path.count("/") == 4}
+    assert read == {"ciliumendpoints", "ciliumendpointslices", "ciliumidentities"}
+    (role,) = [doc for doc in documents() if doc["kind"] == "ClusterRole"]
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        if rule["apiGroups"] == ["cilium.io"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for resource in read:
+        assert {(resource, "get"), (resource, "list"), (resource, "watch")} <= granted, resource
+
+
+@pytest.fixture
+def made() -> Iterator[list[KubernetesSource]]:
+    sources: list[KubernetesSource] = []
+    yield sources
+    for source in sources:
+        source.close()
+
+
 def test_manifest_grants_read_only_access_to_cilium_endpoints_and_identities() -> None:
     by_kind = {doc["kind"]: doc for doc in documents()}
     assert sorted(by_kind) == ["ClusterRole", "ClusterRoleBinding"]
@@ -35,7 +67,11 @@ def test_manifest_grants_read_only_access_to_cilium_endpoints_and_identities() -
     assert role["apiVersion"] == "rbac.authorization.k8s.io/v1"
     (rule,) = role["rules"]
     assert rule["apiGroups"] == ["cilium.io"]
-    assert sorted(rule["resources"]) == ["ciliumendpoints", "ciliumidentities"]
+    assert sorted(rule["resources"]) == [
+        "ciliumendpoints",
+        "ciliumendpointslices",
+        "ciliumidentities",
+    ]
     assert sorted(rule["verbs"]) == ["get", "list", "watch"]
     binding = by_kind["ClusterRoleBinding"]
     assert binding["roleRef"] == {

@@ -257,6 +257,7 @@ class KubernetesSource:
         self._settings = settings
         self._max_stale = settings.max_stale
         self._last_wait_log = 0.0
+        self._last_wait_problem = ""
         self._api = client.CustomObjectsApi(http_client)
         self._plan_problem: str | None = f"not synced: discovering the {GROUP} resources served"
         self._planned = threading.Event()
@@ -377,9 +378,11 @@ class KubernetesSource:
         return None
 
     def _log_waiting(self, problem: str) -> None:
+        """Log why requests are refused: when the reason changes, else every 10 s."""
         now = time.monotonic()
-        if now - self._last_wait_log >= WAIT_LOG_INTERVAL:
+        if problem != self._last_wait_problem or now - self._last_wait_log >= WAIT_LOG_INTERVAL:
             self._last_wait_log = now
+            self._last_wait_problem = problem
             log.warning("kubernetes source %s; denying (503) until then", problem)
 
     def ready(self) -> bool:
