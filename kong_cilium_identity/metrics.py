@@ -1,14 +1,23 @@
-"""Prometheus metrics of the plugin server process.
+"""Prometheus metrics of the plugin server process, and its health and readiness.
 
-Counters are cheap (no PDK call, no I/O on the request path); they are exposed over HTTP
-only when ``serve --metrics-port`` is given.
+Counters are cheap (no PDK call, no I/O on the request path). They are exposed over HTTP
+only when ``serve --metrics-port`` is given; the same listener answers the Kubernetes
+probes ``/healthz`` and ``/readyz`` (see ``readiness``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, start_http_server
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.exposition import choose_encoder
 
 from kong_cilium_identity.decision import Decision
+from kong_cilium_identity.readiness import Verdict, loop_health, sources_readiness
 
 DECISIONS = Counter(
     "cilium_identity_decisions",
@@ -21,6 +30,47 @@ def count(decision: Decision, mode: str, enforced: bool) -> None:
     DECISIONS.labels(str(decision.reason), mode, "true" if enforced else "false").inc()
 
 
-def serve_metrics(port: int, address: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``address:port`` from a daemon thread."""
-    start_http_server(port, addr=address)
+class _Handler(BaseHTTPRequestHandler):
+    server: _MetricsServer
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/healthz":
+            self._verdict(self.server.health())
+        elif path == "/readyz":
+            self._verdict(sources_readiness())
+        else:
+            encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
+            self._send(200, content_type, encoder(REGISTRY))
+
+    def _verdict(self, verdict: Verdict) -> None:
+        self._send(verdict.status, "text/plain; charset=utf-8", f"{verdict.text}\n".encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: probes come every few seconds."""
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], health: Callable[[], Verdict]) -> None:
+        super().__init__(address, _Handler)
+        self.health = health
+
+
+def serve_metrics(port: int, address: str, socket_path: Path) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on ``address:port`` from a daemon thread.
+
+    ``socket_path`` is the plugin socket /healthz sends its GetStatus probe to."""
+    server = _MetricsServer((address, port), lambda: loop_health(socket_path))
+    threading.Thread(
+        target=server.serve_forever, name="cilium-identity-metrics", daemon=True
+    ).start()
+    return server

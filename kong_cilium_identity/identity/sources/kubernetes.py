@@ -388,6 +388,10 @@ class KubernetesSource:
     def ready(self) -> bool:
         return self._problem(quiet=True) is None
 
+    def problem(self) -> str | None:
+        """Why the source is not ready (for /readyz), or None."""
+        return self._problem(quiet=True)
+
     def wait_ready(self, timeout: float) -> bool:
         """Block until discovery is done and every watch has applied its first list, at
         most ``timeout`` s."""
