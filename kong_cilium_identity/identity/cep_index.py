@@ -23,13 +23,13 @@ hundred label sets.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kong_cilium_identity.identity.ces_parse import slice_entries
 from kong_cilium_identity.identity.crd_parse import (
     EndpointEntry,
     LabelInterner,
@@ -38,12 +38,13 @@ from kong_cilium_identity.identity.crd_parse import (
     identity_number,
     object_key,
     parse_endpoint,
-    parse_slice,
 )
 from kong_cilium_identity.identity.crd_shapes import MalformedObject
 from kong_cilium_identity.identity.model import Identity, Lookup
 
 log = logging.getLogger(__name__)
+
+JOINED_MAX = 400_000  # joined answers kept before the cache starts over
 
 
 class _Table:
@@ -148,7 +149,7 @@ class SliceRelist:
     def add(self, items: Iterable[Mapping[str, Any]]) -> None:
         for obj in items:
             try:
-                name, entries = parse_slice(obj, self._index.source, self._now)
+                name, entries = slice_entries(obj, self._index.source, self._now)
             except MalformedObject as error:
                 log.warning("skipping a CiliumEndpointSlice in the list: %s", error)
                 continue
@@ -186,6 +187,8 @@ class EndpointIndex:
         self._slices = _Table()  # the CiliumEndpointSlice view
         self._interner = LabelInterner()
         self._identity_labels: dict[int, LabelSet] = {}
+        # id-only entries joined with their labels, by claim: rebuilt when either changes
+        self._joined: dict[str, tuple[EndpointEntry, LabelSet, Lookup]] = {}
         self._write_lock = threading.Lock()
         self.resource_version: str | None = None  # of the last list or event applied
 
@@ -236,24 +239,33 @@ class EndpointIndex:
         return self._answer(as_endpoint[0] if as_endpoint else entries[0])
 
     def _answer(self, entry: EndpointEntry) -> Lookup:
-        if entry.labels_missing and entry.answer.identity is not None:
-            return self._with_identity_labels(entry, entry.answer.identity)
-        return entry.answer
-
-    def _with_identity_labels(self, entry: EndpointEntry, identity: Identity) -> Lookup:
+        identity = entry.identity
+        if not entry.labels_missing or identity is None:
+            return entry.answer
         label_set = self._identity_labels.get(identity.id)
         if label_set is None:
-            return Lookup.unknown(
-                self.source, f"endpoint {entry.key}: labels of identity {identity.id} unknown"
-            )
-        filled = dataclasses.replace(
-            identity,
-            labels=label_set.labels,
-            namespace=identity.namespace or label_set.namespace,
-            service_account=identity.service_account or label_set.service_account,
-            cluster=identity.cluster or label_set.cluster,
+            return entry.answer
+        joined = self._joined.get(entry.claim)
+        if joined is not None and joined[0] is entry and joined[1] is label_set:
+            return joined[2]
+        filled = Lookup.found(
+            Identity(
+                id=identity.id,
+                labels=label_set.labels,
+                namespace=identity.namespace or label_set.namespace,
+                pod=identity.pod,
+                pod_uid=identity.pod_uid,
+                service_account=identity.service_account or label_set.service_account,
+                cluster=identity.cluster or label_set.cluster,
+                source=identity.source,
+                observed_at=identity.observed_at,
+            ),
+            self.source,
         )
-        return Lookup.found(filled, self.source)
+        if len(self._joined) >= JOINED_MAX:
+            self._joined = {}  # entries of pods long gone would pile up otherwise
+        self._joined[entry.claim] = (entry, label_set, filled)
+        return filled
 
     def entries(self, address: str) -> tuple[EndpointEntry, ...]:
         """Entries of the CiliumEndpoint view claiming ``address``."""
@@ -340,7 +352,9 @@ class EndpointIndex:
                 self._slices.remove_slice(name)
             else:
                 try:
-                    _, entries = parse_slice(obj, self.source, time.time())
+                    _, entries = slice_entries(
+                        obj, self.source, time.time(), self._slices.by_claim.get
+                    )
                 except MalformedObject as error:
                     log.warning(
                         "evicting slice %s after a bad %s event: %s", name, event_type, error

@@ -1,8 +1,8 @@
-"""Reading CiliumEndpoint, CiliumEndpointSlice and CiliumIdentity objects into index entries.
+"""Reading CiliumEndpoint and CiliumIdentity objects into index entries (slices: see
+``ces_parse``).
 
 Pure functions over decoded JSON dicts. Every field read is type-checked (``crd_shapes``):
 an object with a wrong-typed field raises ``MalformedObject`` and never yields an entry.
-Within a slice, one unreadable endpoint is dropped (logged) and the others are kept.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from kong_cilium_identity.labels import Label, LabelError, parse_label
 log = logging.getLogger(__name__)
 
 READY_STATE = "ready"
-UNKNOWN_IDENTITY = 0  # Cilium's "unknown" identity: an endpoint that has none yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +82,11 @@ class EndpointEntry:
     addresses: tuple[str, ...]
     node_ip: str | None
     identity: Identity | None
-    labels_missing: bool  # only the numeric id is known: labels come from CiliumIdentity
+    # True: ``answer`` stands only while the CiliumIdentity labels of ``identity.id`` are
+    # unknown; once they are known, the lookup joins them with ``identity``
+    labels_missing: bool
     answer: Lookup
+    raw: tuple[Any, ...] = ()  # a slice member's checked fields, to spot unchanged members
 
 
 def object_key(obj: Any, what: str) -> str:
@@ -179,6 +181,13 @@ def parse_endpoint(obj: Any, interner: LabelInterner, source: str, now: float) -
             source=source,
             observed_at=now,
         )
+    # only the id is known: the answer is joined with CiliumIdentity labels at lookup, and
+    # this one stands while they are unknown
+    labels_missing = identity is not None and not texts and state == READY_STATE
+    if labels_missing:
+        answer = Lookup.unknown(source, f"endpoint {key}: labels of identity {identity_id} unknown")
+    else:
+        answer = _answer(key, state, identity, source)
     return EndpointEntry(
         key=key,
         claim=key,
@@ -188,8 +197,8 @@ def parse_endpoint(obj: Any, interner: LabelInterner, source: str, now: float) -
         addresses=addresses,
         node_ip=node_ip,
         identity=identity,
-        labels_missing=identity is not None and not texts,
-        answer=_answer(key, state, identity, source),
+        labels_missing=labels_missing,
+        answer=answer,
     )
 
 
@@ -205,81 +214,6 @@ def _check_extras(holder: Mapping[str, Any], where: str) -> None:
     external = shape.mapping(holder, "external-identifiers", where)
     for name in external:
         shape.text(external, name, f"{where}.external-identifiers")
-
-
-def _slice_member(
-    item: Mapping[str, Any],
-    namespace: str,
-    slice_name: str,
-    version: str,
-    source: str,
-    now: float,
-    where: str,
-) -> EndpointEntry:
-    name = shape.required_text(item, "name", where)
-    key = f"{namespace}/{name}"
-    identity_id = shape.identity_id(item, "id", where)
-    addresses, node_ip = _networking(item, where)
-    pod_uid = shape.text(item, "pod-uid", where)
-    service_account = shape.text(item, "service-account", where)
-    _check_extras(item, where)
-    identity: Identity | None = None
-    if identity_id is not None and identity_id != UNKNOWN_IDENTITY:
-        identity = Identity(
-            id=identity_id,
-            labels=frozenset(),
-            namespace=namespace,
-            pod=name,
-            pod_uid=pod_uid or None,
-            service_account=service_account or None,
-            source=source,
-            observed_at=now,
-        )
-    # A slice carries no endpoint state: the operator mirrors endpoints, and the
-    # identity id is what tells whether one can be answered for.
-    return EndpointEntry(
-        key=key,
-        claim=f"{slice_name}/{key}",
-        uid=pod_uid,
-        resource_version=version,
-        state="",
-        addresses=addresses,
-        node_ip=node_ip,
-        identity=identity,
-        labels_missing=identity is not None,
-        answer=_answer(key, READY_STATE, identity, source),
-    )
-
-
-def parse_slice(obj: Any, source: str, now: float) -> tuple[str, list[EndpointEntry]]:
-    """The name of a CiliumEndpointSlice and the entries of its readable endpoints.
-
-    Slice-level problems (metadata, ``namespace``, ``endpoints`` not a list) raise; an
-    endpoint that cannot be read, or a name listed twice, is dropped with a log line.
-    """
-    metadata = shape.metadata(obj, "CiliumEndpointSlice")
-    slice_name: str = metadata["name"]
-    where = f"CiliumEndpointSlice {slice_name}"
-    namespace = shape.required_text(obj, "namespace", where)
-    version = metadata.get("resourceVersion") or ""
-    members: dict[str, EndpointEntry] = {}
-    repeated: set[str] = set()
-    for position, item in enumerate(shape.sequence(obj, "endpoints", where)):
-        member_where = f"{where}.endpoints[{position}]"
-        try:
-            if not isinstance(item, Mapping):
-                raise MalformedObject(f"{member_where} is not an object")
-            entry = _slice_member(item, namespace, slice_name, version, source, now, member_where)
-        except MalformedObject as error:
-            log.warning("ignoring an endpoint of %s: %s", where, error)
-            continue
-        if entry.key in members:
-            repeated.add(entry.key)
-        members[entry.key] = entry
-    for key in repeated:
-        log.warning("%s lists endpoint %s more than once; ignoring it", where, key)
-        del members[key]
-    return slice_name, list(members.values())
 
 
 def identity_number(obj: Any) -> int:

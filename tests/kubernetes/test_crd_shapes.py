@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kong_cilium_identity.identity.cep_index import EndpointIndex
+from kong_cilium_identity.identity.ces_parse import slice_entries
 from kong_cilium_identity.identity.crd_parse import (
     EndpointEntry,
     LabelInterner,
     identity_labels,
     identity_number,
     parse_endpoint,
-    parse_slice,
 )
 from kong_cilium_identity.identity.crd_shapes import MalformedObject
 from kong_cilium_identity.identity.model import Identity, LookupStatus
@@ -210,7 +210,7 @@ def read_endpoint(obj: Any) -> tuple[Any, ...]:
 
 
 def read_slice(obj: Any) -> list[tuple[Any, ...]]:
-    _, entries = parse_slice(obj, "kubernetes", 0.0)
+    _, entries = slice_entries(obj, "kubernetes", 0.0)
     return [summary(entry) for entry in entries]
 
 
