@@ -77,18 +77,22 @@ class _Table:
             _unlink(self.by_key, old.key, claim)
         return old
 
-    def put_slice(self, name: str, entries: Iterable[EndpointEntry]) -> None:
-        """Replace the members of one slice: members no longer listed are removed."""
-        claims = []
-        for entry in entries:
+    def put_slice(
+        self, name: str, entries: list[EndpointEntry], fresh: list[EndpointEntry]
+    ) -> None:
+        """Replace the members of one slice: ``fresh`` are the entries not held yet (the
+        others are held already), and members no longer listed are removed."""
+        for entry in fresh:
             self.put(entry)
-            claims.append(entry.claim)
-        kept = set(claims)
-        for claim in self.by_slice.get(name, ()):
-            if claim not in kept:
-                self.remove(claim)
+        claims = tuple([entry.claim for entry in entries])
+        old = self.by_slice.get(name, ())
+        if old != claims:
+            kept = set(claims)
+            for claim in old:
+                if claim not in kept:
+                    self.remove(claim)
         if claims:
-            self.by_slice[name] = tuple(claims)
+            self.by_slice[name] = claims
         else:
             self.by_slice.pop(name, None)
 
@@ -149,11 +153,11 @@ class SliceRelist:
     def add(self, items: Iterable[Mapping[str, Any]]) -> None:
         for obj in items:
             try:
-                name, entries = slice_entries(obj, self._index.source, self._now)
+                name, entries, fresh = slice_entries(obj, self._index.source, self._now)
             except MalformedObject as error:
                 log.warning("skipping a CiliumEndpointSlice in the list: %s", error)
                 continue
-            self._table.put_slice(name, entries)
+            self._table.put_slice(name, entries, fresh)
 
     def commit(self, resource_version: str) -> None:
         self._index._swap_slices(self._table, resource_version)
@@ -352,7 +356,7 @@ class EndpointIndex:
                 self._slices.remove_slice(name)
             else:
                 try:
-                    _, entries = slice_entries(
+                    _, entries, fresh = slice_entries(
                         obj, self.source, time.time(), self._slices.by_claim.get
                     )
                 except MalformedObject as error:
@@ -361,7 +365,7 @@ class EndpointIndex:
                     )
                     self._slices.remove_slice(name)
                 else:
-                    self._slices.put_slice(name, entries)
+                    self._slices.put_slice(name, entries, fresh)
             self._advance(obj)
 
     def apply_identity(self, event_type: str, obj: Mapping[str, Any]) -> None:

@@ -29,6 +29,8 @@ UNKNOWN_IDENTITY = 0  # Cilium's "unknown" identity: the endpoint has none yet
 
 # (name, identity id or None, ((ipv4, ipv6), ...), node, pod-uid, service-account)
 Fields = tuple[str, int | None, tuple[tuple[str, str], ...], str, str, str]
+# a member to build (its checked fields and the decoded JSON), or an entry to keep
+Member = EndpointEntry | tuple[Fields, Any]
 
 
 def _wrong(path: str, value: Any, wanted: str) -> MalformedObject:
@@ -105,33 +107,52 @@ def _check_unused(item: Mapping[str, Any]) -> None:
         _text(external, label, "external-identifiers.")
 
 
-def read_slice(obj: Any) -> tuple[str, str, str, list[Fields]]:
-    """Name, namespace and resourceVersion of a slice, and its readable members."""
+def read_slice(
+    obj: Any, indexed: Callable[[str], EndpointEntry | None] | None = None
+) -> tuple[str, str, str, dict[str, Member]]:
+    """Name, namespace and resourceVersion of a slice, and its readable members by name:
+    checked fields, or the entry already indexed when the member is unchanged."""
     metadata = shape.metadata(obj, "CiliumEndpointSlice")
     slice_name: str = metadata["name"]
     where = f"CiliumEndpointSlice {slice_name}"
     namespace = shape.required_text(obj, "namespace", where)
-    members: dict[str, Fields] = {}
-    repeated: set[str] = set()
+    prefix = f"{slice_name}/{namespace}/"
+    members: dict[str, Member] = {}
+    repeated: list[str] = []
     for position, item in enumerate(shape.sequence(obj, "endpoints", where)):
+        if indexed is not None and type(item) is dict:
+            name = item.get("name")
+            if type(name) is str:
+                old = indexed(prefix + name)
+                if old is not None and old.raw == item:  # checked when it was first seen
+                    if name in members:
+                        repeated.append(name)
+                    members[name] = old
+                    continue
         try:
             fields = member_fields(item)
         except MalformedObject as error:
             log.warning("ignoring endpoints[%d] of %s: %s", position, where, error)
             continue
         if fields[0] in members:
-            repeated.add(fields[0])
-        members[fields[0]] = fields
-    for name in repeated:
+            repeated.append(fields[0])
+        members[fields[0]] = (fields, item)
+    for name in set(repeated):
         log.warning("%s lists endpoint %s more than once; ignoring it", where, name)
         del members[name]
-    return slice_name, namespace, metadata.get("resourceVersion") or "", list(members.values())
+    return slice_name, namespace, metadata.get("resourceVersion") or "", members
 
 
 def member_entry(
-    fields: Fields, namespace: str, slice_name: str, version: str, source: str, now: float
+    member: tuple[Fields, Any],
+    namespace: str,
+    slice_name: str,
+    version: str,
+    source: str,
+    now: float,
 ) -> EndpointEntry:
     """The index entry of one checked member; its labels are joined at lookup time."""
+    fields, item = member
     name, identity_id, pairs, node, pod_uid, service_account = fields
     key = f"{namespace}/{name}"
     addresses: list[str] = []
@@ -175,7 +196,7 @@ def member_entry(
         identity=identity,
         labels_missing=identity is not None,
         answer=answer,
-        raw=fields,
+        raw=item,
     )
 
 
@@ -184,16 +205,21 @@ def slice_entries(
     source: str,
     now: float,
     indexed: Callable[[str], EndpointEntry | None] | None = None,
-) -> tuple[str, list[EndpointEntry]]:
-    """The name of a slice and the entries of its readable members. ``indexed`` gives
-    the entry already held for a claim: an unchanged member reuses it."""
-    slice_name, namespace, version, members = read_slice(obj)
+) -> tuple[str, list[EndpointEntry], list[EndpointEntry]]:
+    """The name of a slice, the entries of its readable members, and which of those are
+    new (built now).
+
+    ``indexed`` gives the entry already held for a claim: a member equal (as decoded
+    JSON) to the one that entry was read from is neither checked nor built again.
+    """
+    slice_name, namespace, version, members = read_slice(obj, indexed)
     entries = []
-    for fields in members:
-        if indexed is not None:
-            old = indexed(f"{slice_name}/{namespace}/{fields[0]}")
-            if old is not None and old.raw == fields:
-                entries.append(old)
-                continue
-        entries.append(member_entry(fields, namespace, slice_name, version, source, now))
-    return slice_name, entries
+    fresh = []
+    for member in members.values():
+        if isinstance(member, EndpointEntry):
+            entries.append(member)
+        else:
+            entry = member_entry(member, namespace, slice_name, version, source, now)
+            fresh.append(entry)
+            entries.append(entry)
+    return slice_name, entries, fresh

@@ -86,7 +86,7 @@ class EndpointEntry:
     # unknown; once they are known, the lookup joins them with ``identity``
     labels_missing: bool
     answer: Lookup
-    raw: tuple[Any, ...] = ()  # a slice member's checked fields, to spot unchanged members
+    raw: Any = None  # a slice member as decoded, to spot it unchanged in the next version
 
 
 def object_key(obj: Any, what: str) -> str:
