@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kong_cilium_identity.identity.ces_parse import slice_entries
+from kong_cilium_identity.identity.ces_parse import SliceState, SliceUpdate, read_slice
 from kong_cilium_identity.identity.crd_parse import (
     EndpointEntry,
     LabelInterner,
@@ -56,7 +56,7 @@ class _Table:
         self.by_claim: dict[str, EndpointEntry] = {}
         self.by_key: dict[str, tuple[EndpointEntry, ...]] = {}
         self.by_address: dict[str, tuple[EndpointEntry, ...]] = {}
-        self.by_slice: dict[str, tuple[str, ...]] = {}  # slice name -> claims (slice view)
+        self.by_slice: dict[str, SliceState] = {}  # the slice view's slices, by name
 
     def put(self, entry: EndpointEntry) -> None:
         old = self.by_claim.get(entry.claim)
@@ -77,28 +77,20 @@ class _Table:
             _unlink(self.by_key, old.key, claim)
         return old
 
-    def put_slice(
-        self, name: str, entries: list[EndpointEntry], fresh: list[EndpointEntry]
-    ) -> None:
-        """Replace the members of one slice: ``fresh`` are the entries not held yet (the
-        others are held already), and members no longer listed are removed."""
-        for entry in fresh:
+    def put_slice(self, update: SliceUpdate) -> None:
+        """Apply a slice's new version: its gone claims are removed, then its new entries
+        put (an entry that kept its claim is replaced in place)."""
+        for claim in update.gone:
+            self.remove(claim)
+        for entry in update.fresh:
             self.put(entry)
-        claims = tuple([entry.claim for entry in entries])
-        old = self.by_slice.get(name, ())
-        if old != claims:
-            kept = set(claims)
-            for claim in old:
-                if claim not in kept:
-                    self.remove(claim)
-        if claims:
-            self.by_slice[name] = claims
-        else:
-            self.by_slice.pop(name, None)
+        self.by_slice[update.name] = update.state
 
     def remove_slice(self, name: str) -> None:
-        for claim in self.by_slice.pop(name, ()):
-            self.remove(claim)
+        state = self.by_slice.pop(name, None)
+        if state is not None:
+            for claim in state.claims():
+                self.remove(claim)
 
 
 def _link(table: dict[str, tuple[EndpointEntry, ...]], name: str, entry: EndpointEntry) -> None:
@@ -153,11 +145,12 @@ class SliceRelist:
     def add(self, items: Iterable[Mapping[str, Any]]) -> None:
         for obj in items:
             try:
-                name, entries, fresh = slice_entries(obj, self._index.source, self._now)
+                update = read_slice(obj, self._index.source, self._now)
             except MalformedObject as error:
                 log.warning("skipping a CiliumEndpointSlice in the list: %s", error)
                 continue
-            self._table.put_slice(name, entries, fresh)
+            self._table.remove_slice(update.name)  # a slice listed twice: the last one wins
+            self._table.put_slice(update)
 
     def commit(self, resource_version: str) -> None:
         self._index._swap_slices(self._table, resource_version)
@@ -356,16 +349,15 @@ class EndpointIndex:
                 self._slices.remove_slice(name)
             else:
                 try:
-                    _, entries, fresh = slice_entries(
-                        obj, self.source, time.time(), self._slices.by_claim.get
-                    )
+                    previous = self._slices.by_slice.get(name)
+                    update = read_slice(obj, self.source, time.time(), previous)
                 except MalformedObject as error:
                     log.warning(
                         "evicting slice %s after a bad %s event: %s", name, event_type, error
                     )
                     self._slices.remove_slice(name)
                 else:
-                    self._slices.put_slice(name, entries, fresh)
+                    self._slices.put_slice(update)
             self._advance(obj)
 
     def apply_identity(self, event_type: str, obj: Mapping[str, Any]) -> None:

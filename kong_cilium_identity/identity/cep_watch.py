@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import random
 import socket
@@ -31,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ VERSION = "v2"
 HTTP_GONE = 410
 READ_SLACK = 15.0  # seconds a watch read may exceed the server-side timeout
 QUICK_END = 1.0  # a stream that ends sooner than this with no event counts as a failure
+
+
+# Decodes one list page or watch line. Decoding is the largest cost of both (a slice of
+# 100 endpoints is about 12 KiB per event); orjson does it in half the time of json.
+decode: Callable[[bytes | str], Any] = orjson.loads
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,7 @@ class ListWatch:
                 _request_timeout=self._settings.request_timeout,
             )
             try:
-                body = json.loads(response.data)
+                body = decode(response.data)
             finally:
                 response.release_conn()
             relist.add(body.get("items") or ())
@@ -309,7 +314,7 @@ class ListWatch:
             for line in _response_lines(response):
                 if self._stopping.is_set():
                     break
-                self._handle(json.loads(line))
+                self._handle(decode(line))
                 events += 1
         finally:
             self._response = None

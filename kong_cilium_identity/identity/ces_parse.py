@@ -15,7 +15,10 @@ with a log line and the other members are kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import compress
+from operator import ne
 from typing import Any
 
 from kong_cilium_identity.identity import crd_shapes as shape
@@ -29,8 +32,6 @@ UNKNOWN_IDENTITY = 0  # Cilium's "unknown" identity: the endpoint has none yet
 
 # (name, identity id or None, ((ipv4, ipv6), ...), node, pod-uid, service-account)
 Fields = tuple[str, int | None, tuple[tuple[str, str], ...], str, str, str]
-# a member to build (its checked fields and the decoded JSON), or an entry to keep
-Member = EndpointEntry | tuple[Fields, Any]
 
 
 def _wrong(path: str, value: Any, wanted: str) -> MalformedObject:
@@ -107,40 +108,150 @@ def _check_unused(item: Mapping[str, Any]) -> None:
         _text(external, label, "external-identifiers.")
 
 
+@dataclass(slots=True)
+class SliceState:
+    """What the index keeps of one slice, to apply its next version cheaply."""
+
+    namespace: str
+    raw: list[Any]  # ``endpoints`` as decoded
+    entries: list[EndpointEntry | None]  # by position; None: the member was dropped
+    names: frozenset[str]  # names of the members kept
+    plain: bool  # no name was listed twice
+
+    def claims(self) -> list[str]:
+        return [entry.claim for entry in self.entries if entry is not None]
+
+
+@dataclass(slots=True)
+class SliceUpdate:
+    """A slice's new state, the entries to add (``fresh``) and the claims to remove."""
+
+    name: str
+    state: SliceState
+    fresh: list[EndpointEntry]
+    gone: list[str]
+
+
+def _where(slice_name: str) -> str:
+    return f"CiliumEndpointSlice {slice_name}"
+
+
 def read_slice(
-    obj: Any, indexed: Callable[[str], EndpointEntry | None] | None = None
-) -> tuple[str, str, str, dict[str, Member]]:
-    """Name, namespace and resourceVersion of a slice, and its readable members by name:
-    checked fields, or the entry already indexed when the member is unchanged."""
+    obj: Any, source: str, now: float, previous: SliceState | None = None
+) -> SliceUpdate:
+    """Read one version of a slice. With ``previous`` (the state of the slice's version
+    already indexed), members equal to theirs (as decoded JSON) keep their entries: they
+    are neither checked nor built again."""
     metadata = shape.metadata(obj, "CiliumEndpointSlice")
     slice_name: str = metadata["name"]
-    where = f"CiliumEndpointSlice {slice_name}"
-    namespace = shape.required_text(obj, "namespace", where)
-    prefix = f"{slice_name}/{namespace}/"
-    members: dict[str, Member] = {}
-    repeated: list[str] = []
-    for position, item in enumerate(shape.sequence(obj, "endpoints", where)):
-        if indexed is not None and type(item) is dict:
-            name = item.get("name")
-            if type(name) is str:
-                old = indexed(prefix + name)
-                if old is not None and old.raw == item:  # checked when it was first seen
-                    if name in members:
-                        repeated.append(name)
-                    members[name] = old
-                    continue
+    namespace = shape.required_text(obj, "namespace", _where(slice_name))
+    raw = shape.sequence(obj, "endpoints", _where(slice_name))
+    version = metadata.get("resourceVersion") or ""
+    if (
+        previous is not None
+        and previous.plain
+        and previous.namespace == namespace
+        and len(previous.raw) == len(raw)
+    ):
+        update = _changed_in_place(slice_name, namespace, version, raw, previous, source, now)
+        if update is not None:
+            return update
+    return _read_whole(slice_name, namespace, version, raw, previous, source, now)
+
+
+def _changed_in_place(
+    slice_name: str,
+    namespace: str,
+    version: str,
+    raw: list[Any],
+    previous: SliceState,
+    source: str,
+    now: float,
+) -> SliceUpdate | None:
+    """The common change: same length, a few members differ at their position. None
+    when a changed member takes the name of another (read the whole slice instead)."""
+    old_raw = previous.raw
+    # positions whose member differs, found without a Python-level loop
+    changed = list(compress(range(len(raw)), map(ne, raw, old_raw)))
+    entries = list(previous.entries)
+    names = previous.names
+    fresh: list[EndpointEntry] = []
+    gone: list[str] = []
+    for position in changed:
+        old = entries[position]
+        old_name = old.raw["name"] if old is not None else None
+        entry: EndpointEntry | None = None
         try:
-            fields = member_fields(item)
+            fields = member_fields(raw[position])
         except MalformedObject as error:
-            log.warning("ignoring endpoints[%d] of %s: %s", position, where, error)
-            continue
-        if fields[0] in members:
-            repeated.append(fields[0])
-        members[fields[0]] = (fields, item)
-    for name in set(repeated):
-        log.warning("%s lists endpoint %s more than once; ignoring it", where, name)
-        del members[name]
-    return slice_name, namespace, metadata.get("resourceVersion") or "", members
+            log.warning("ignoring endpoints[%d] of %s: %s", position, _where(slice_name), error)
+            new_name = None
+        else:
+            new_name = fields[0]
+            if new_name != old_name and new_name in names:
+                return None
+            member = (fields, raw[position])
+            entry = member_entry(member, namespace, slice_name, version, source, now)
+            fresh.append(entry)
+        if old is not None and (entry is None or entry.claim != old.claim):
+            gone.append(old.claim)
+        entries[position] = entry
+        if new_name != old_name:
+            names = names.difference((old_name,)).union((new_name,) if new_name else ())
+    # keep the members already held, so that the copies just decoded die young: retained,
+    # they would reach the collector's oldest generation and make it walk the whole index
+    kept = list(old_raw)
+    for position in changed:
+        kept[position] = raw[position]
+    state = SliceState(namespace, kept, entries, names, plain=True)
+    return SliceUpdate(slice_name, state, fresh, gone)
+
+
+def _read_whole(
+    slice_name: str,
+    namespace: str,
+    version: str,
+    raw: list[Any],
+    previous: SliceState | None,
+    source: str,
+    now: float,
+) -> SliceUpdate:
+    held: dict[str, EndpointEntry] = {}
+    if previous is not None and previous.namespace == namespace:
+        held = {entry.raw["name"]: entry for entry in previous.entries if entry is not None}
+    entries: list[EndpointEntry | None] = []
+    fresh: list[EndpointEntry] = []
+    positions: dict[str, list[int]] = {}
+    for position, item in enumerate(raw):
+        name = item.get("name") if type(item) is dict else None
+        old = held.get(name) if type(name) is str else None
+        if old is not None and old.raw == item:
+            entry = old  # checked when it was first seen
+        else:
+            try:
+                fields = member_fields(item)
+            except MalformedObject as error:
+                where = _where(slice_name)
+                log.warning("ignoring endpoints[%d] of %s: %s", position, where, error)
+                entries.append(None)
+                continue
+            entry = member_entry((fields, item), namespace, slice_name, version, source, now)
+            fresh.append(entry)
+        positions.setdefault(entry.raw["name"], []).append(position)
+        entries.append(entry)
+    plain = True
+    for name, listed in positions.items():
+        if len(listed) > 1:
+            where = _where(slice_name)
+            log.warning("%s lists endpoint %s more than once; ignoring it", where, name)
+            plain = False
+            for position in listed:
+                entries[position] = None
+    kept = {entry.claim for entry in entries if entry is not None}
+    fresh = [entry for entry in fresh if entry.claim in kept]
+    gone = [] if previous is None else [c for c in previous.claims() if c not in kept]
+    names = frozenset(name for name, listed in positions.items() if len(listed) == 1)
+    return SliceUpdate(slice_name, SliceState(namespace, raw, entries, names, plain), fresh, gone)
 
 
 def member_entry(
@@ -200,26 +311,7 @@ def member_entry(
     )
 
 
-def slice_entries(
-    obj: Any,
-    source: str,
-    now: float,
-    indexed: Callable[[str], EndpointEntry | None] | None = None,
-) -> tuple[str, list[EndpointEntry], list[EndpointEntry]]:
-    """The name of a slice, the entries of its readable members, and which of those are
-    new (built now).
-
-    ``indexed`` gives the entry already held for a claim: a member equal (as decoded
-    JSON) to the one that entry was read from is neither checked nor built again.
-    """
-    slice_name, namespace, version, members = read_slice(obj, indexed)
-    entries = []
-    fresh = []
-    for member in members.values():
-        if isinstance(member, EndpointEntry):
-            entries.append(member)
-        else:
-            entry = member_entry(member, namespace, slice_name, version, source, now)
-            fresh.append(entry)
-            entries.append(entry)
-    return slice_name, entries, fresh
+def slice_entries(obj: Any, source: str, now: float) -> tuple[str, list[EndpointEntry]]:
+    """The name of a slice and the entries of its readable members."""
+    update = read_slice(obj, source, now)
+    return update.name, [entry for entry in update.state.entries if entry is not None]

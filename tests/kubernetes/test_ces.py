@@ -490,3 +490,57 @@ def test_cep_only_cluster_watches_ciliumendpoints_alone(
     source = make_source()
     assert source.wait_ready(10)
     assert [w.plural for w in source.watches] == ["ciliumendpoints"]
+
+
+# -- a slice changed in place (same length: only the differing members are read) ----------
+
+
+def test_member_renamed_in_place_replaces_the_old_pod() -> None:
+    index = indexed(shop_slice())
+    changed = shop_slice()
+    changed["endpoints"][1] = core_endpoint("web-9", 7002, ipv4="10.2.0.2")
+    index.apply_slice("MODIFIED", changed)
+    answer = index.lookup("10.2.0.2")
+    assert answer is not None and answer.identity is not None
+    assert (answer.identity.pod, answer.identity.id) == ("web-9", 7002)
+    assert sorted(index.slice_keys()) == ["shop/db-0", "shop/web-1", "shop/web-9"]
+
+
+def test_member_turning_unreadable_in_place_is_dropped_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    index = indexed(shop_slice())
+    changed = shop_slice()
+    changed["endpoints"][0]["networking"]["addressing"] = "10.2.0.1"
+    index.apply_slice("MODIFIED", changed)
+    assert index.lookup("10.2.0.1") is None and index.lookup("fd00::2:1") is None
+    assert found(index, "10.2.0.2") == 7001 and found(index, "fd00::2:3") == 7002
+    assert "ignoring endpoints[0]" in caplog.text
+    index.apply_slice("MODIFIED", shop_slice())  # readable again
+    assert found(index, "10.2.0.1") == 7001
+
+
+def test_member_taking_the_name_of_another_drops_both() -> None:
+    index = indexed(shop_slice())
+    changed = shop_slice()
+    changed["endpoints"][2] = core_endpoint("web-1", 7002, ipv4="10.2.0.7")
+    index.apply_slice("MODIFIED", changed)
+    assert index.lookup("10.2.0.1") is None and index.lookup("10.2.0.7") is None
+    assert index.lookup("fd00::2:3") is None  # db-0 is gone from the slice
+    assert found(index, "10.2.0.2") == 7001
+    index.apply_slice("MODIFIED", shop_slice())  # fixed: every member answers again
+    assert found(index, "10.2.0.1") == 7001 and found(index, "fd00::2:3") == 7002
+
+
+def test_unchanged_members_keep_their_entries() -> None:
+    index = indexed(shop_slice())
+    before = {address: index.slice_entries(address) for address in ("10.2.0.1", "10.2.0.2")}
+    changed = shop_slice()
+    changed["endpoints"][1]["id"] = 7002
+    changed["metadata"]["resourceVersion"] = "555"
+    index.apply_slice("MODIFIED", changed)
+    assert index.slice_entries("10.2.0.1") == before["10.2.0.1"]  # the very same entry
+    assert index.slice_entries("10.2.0.1")[0] is before["10.2.0.1"][0]
+    (moved,) = index.slice_entries("10.2.0.2")
+    assert moved is not before["10.2.0.2"][0] and moved.resource_version == "555"
+    assert found(index, "10.2.0.2") == 7002

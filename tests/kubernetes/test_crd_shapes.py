@@ -210,7 +210,7 @@ def read_endpoint(obj: Any) -> tuple[Any, ...]:
 
 
 def read_slice(obj: Any) -> list[tuple[Any, ...]]:
-    _, entries, _ = slice_entries(obj, "kubernetes", 0.0)
+    _, entries = slice_entries(obj, "kubernetes", 0.0)
     return [summary(entry) for entry in entries]
 
 
