@@ -212,8 +212,9 @@ def _check_extras(holder: Mapping[str, Any], where: str) -> None:
         shape.integer(port, "port", f"{where}.named-ports[]")
         shape.text(port, "protocol", f"{where}.named-ports[]")
     external = shape.mapping(holder, "external-identifiers", where)
-    for name in external:
-        shape.text(external, name, f"{where}.external-identifiers")
+    for name, value in external.items():
+        if value is not None and type(value) is not str:
+            shape.text(external, name, f"{where}.external-identifiers")  # raises
 
 
 def identity_number(obj: Any) -> int:

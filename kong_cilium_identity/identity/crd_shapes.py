@@ -4,6 +4,10 @@ Every field the index reads goes through one of these: a field that is absent (o
 null) gives the default, a field of the wrong type raises ``MalformedObject``. Nothing is
 coerced: a string where a list belongs is not iterated character by character, a string
 where a number belongs is not converted, and ``true`` is not the number 1.
+
+The checks compare exact types (``type(x) is dict``): JSON decodes to exactly these, and
+an ``isinstance`` against the abstract ``Mapping`` costs several times more on a path that
+reads every field of 100,000 objects.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     value = obj.get(key)
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict:
         raise MalformedObject(f"{where}.{key} is a {_kind(value)}, not an object")
     return value
 
@@ -37,7 +41,7 @@ def sequence(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
     value = obj.get(key)
     if value is None:
         return []
-    if not isinstance(value, list):
+    if type(value) is not list:
         raise MalformedObject(f"{where}.{key} is a {_kind(value)}, not an array")
     return value
 
@@ -47,7 +51,7 @@ def text(obj: Mapping[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if value is None:
         return ""
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise MalformedObject(f"{where}.{key} is a {_kind(value)}, not a string")
     return value
 
@@ -81,7 +85,7 @@ def strings(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     """An optional JSON array of strings (() when absent)."""
     items = sequence(obj, key, where)
     for position, item in enumerate(items):
-        if not isinstance(item, str):
+        if type(item) is not str:
             raise MalformedObject(f"{where}.{key}[{position}] is a {_kind(item)}, not a string")
     return tuple(items)
 
@@ -90,7 +94,7 @@ def objects(obj: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, A
     """An optional JSON array of objects ([] when absent)."""
     items = sequence(obj, key, where)
     for position, item in enumerate(items):
-        if not isinstance(item, Mapping):
+        if type(item) is not dict:
             raise MalformedObject(f"{where}.{key}[{position}] is a {_kind(item)}, not an object")
     return items
 
@@ -101,17 +105,17 @@ def string_map(obj: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
         raise MalformedObject(f"{where}.{key} is missing")
     found = mapping(obj, key, where)
     for name, value in found.items():
-        if not isinstance(name, str) or not isinstance(value, str):
+        if type(name) is not str or type(value) is not str:
             raise MalformedObject(f"{where}.{key}[{name!r}] is a {_kind(value)}, not a string")
     return dict(found)
 
 
 def metadata(obj: Any, what: str) -> Mapping[str, Any]:
     """``metadata`` of an API object, with a non-empty string ``name``."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict:
         raise MalformedObject(f"{what} is a {_kind(obj)}, not an object")
     meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
+    if type(meta) is not dict:
         raise MalformedObject(f"{what} without metadata")
     required_text(meta, "name", f"{what}.metadata")
     for key in ("namespace", "uid", "resourceVersion"):
