@@ -7,7 +7,7 @@ node}, encryption, named-ports, pod-uid, service-account}`` where ``id`` is the
 
 Slices are rewritten whole on every change of any member, so reading is on the hot path of
 the watch: members are type-checked inline (the message is built only on error), and a
-member whose checked fields equal those of the entry already indexed is not rebuilt.
+member equal (as decoded JSON) to the one already indexed is neither checked nor rebuilt.
 Slice-level problems reject the slice; a bad member, or a name listed twice, is dropped
 with a log line and the other members are kept.
 """
@@ -97,7 +97,7 @@ def _check_unused(item: Mapping[str, Any]) -> None:
         key = encryption.get("key")
         if key is not None and type(key) is not int:
             raise _wrong("encryption.key", key, "an integer")
-    for port in shape.objects(item, "named-ports", "named-ports"):
+    for port in shape.objects(item, "named-ports", "the member"):
         _text(port, "name", "named-ports[].")
         _text(port, "protocol", "named-ports[].")
         number = port.get("port")
