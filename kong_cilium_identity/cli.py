@@ -96,12 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=0,
-        help="expose Prometheus metrics on this port (0: off)",
+        help="expose Prometheus metrics, /healthz and /readyz on this port (0: off)",
     )
     serve.add_argument(
         "--metrics-address",
         default="127.0.0.1",
         help="address of the metrics listener (default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--preload-config",
+        type=Path,
+        help="plugin config (or kong.yaml) whose identity sources start at launch;"
+        " /readyz waits for them",
     )
     serve.add_argument(
         "-v", "--verbose", action="count", default=0, help="-v logs every decision, -vv debug"
@@ -184,7 +190,17 @@ def _serve(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from kong_cilium_identity.metrics import serve_metrics
 
-        serve_metrics(args.metrics_port, args.metrics_address)
+        socket_path = Path(args.kong_prefix) / args.socket_name
+        serve_metrics(args.metrics_port, args.metrics_address, socket_path)
+    if args.preload_config:
+        from kong_cilium_identity.identity.sources import ConfigError
+        from kong_cilium_identity.readiness import preload
+
+        try:
+            preload(args.preload_config)
+        except ConfigError as error:
+            print(f"--preload-config: {error}", file=sys.stderr)
+            return 2
     try:
         _run_server(args, socket_file)
     except (OSError, RuntimeError) as error:  # before serving: socket path, group, stdin

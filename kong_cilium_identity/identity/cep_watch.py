@@ -1,4 +1,4 @@
-"""List + watch of one cluster-wide ``cilium.io/v2`` resource with the kubernetes client.
+"""List + watch of one cluster-wide ``cilium.io`` resource with the kubernetes client.
 
 The loop, on one background thread:
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import random
 import socket
@@ -31,7 +30,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from kubernetes.client.exceptions import ApiException
+
+from kong_cilium_identity import metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,11 @@ VERSION = "v2"
 HTTP_GONE = 410
 READ_SLACK = 15.0  # seconds a watch read may exceed the server-side timeout
 QUICK_END = 1.0  # a stream that ends sooner than this with no event counts as a failure
+
+
+# Decodes one list page or watch line. Decoding is the largest cost of both (a slice of
+# 100 endpoints is about 12 KiB per event); orjson does it in half the time of json.
+decode: Callable[[bytes | str], Any] = orjson.loads
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,10 @@ class ListWatch:
         begin_relist: Callable[[], Relist],
         apply: Callable[[str, Mapping[str, Any]], None],
         settings: WatchSettings,
+        version: str = VERSION,
     ) -> None:
         self.plural = plural
+        self.version = version
         self._api = api
         self._begin_relist = begin_relist
         self._apply = apply
@@ -145,6 +154,7 @@ class ListWatch:
         self._response: Any = None
         self._disconnected_since: float | None = time.monotonic()
         self.resource_version: str | None = None
+        self.last_failure: Exception | None = None  # cleared by the next successful list
         self.stats = dict.fromkeys(("lists", "watches", "events", "bookmarks", "gone", "errors"), 0)
         self._thread = threading.Thread(
             target=self._run, name=f"cilium-identity-watch-{plural}", daemon=True
@@ -169,7 +179,7 @@ class ListWatch:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        log.info("waiting for the first list of %s.%s", self.plural, GROUP)
+        log.info("waiting for the first list of %s.%s/%s", self.plural, GROUP, self.version)
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -201,6 +211,7 @@ class ListWatch:
                 failures += 1
             except ResourceGone as gone:
                 self.stats["gone"] += 1
+                metrics.watch_restarted(self.plural, "expired")
                 log.info("%s: %s; listing again", self.plural, gone)
                 self.resource_version = None
                 failures += 1
@@ -210,6 +221,8 @@ class ListWatch:
                 if self._stopping.is_set():
                     break
                 self.stats["errors"] += 1
+                metrics.watch_restarted(self.plural, "error")
+                self.last_failure = error
                 failures += 1
                 self._mark_disconnected()
                 delay = backoff_delay(
@@ -236,7 +249,7 @@ class ListWatch:
     def _call(self, **params: Any) -> Any:
         try:
             return self._api.list_cluster_custom_object(
-                GROUP, VERSION, self.plural, _preload_content=False, **params
+                GROUP, self.version, self.plural, _preload_content=False, **params
             )
         except ApiException as error:
             if error.status == HTTP_GONE:
@@ -250,7 +263,9 @@ class ListWatch:
             version, pages = self._load_pages()
         self.resource_version = version
         self._disconnected_since = None
+        self.last_failure = None
         self.stats["lists"] += 1
+        metrics.watch_relisted(self.plural)
         if not self._synced.is_set():
             log.info("%s synced at resourceVersion %s (%d pages)", self.plural, version, pages)
             self._synced.set()
@@ -266,7 +281,7 @@ class ListWatch:
                 _request_timeout=self._settings.request_timeout,
             )
             try:
-                body = json.loads(response.data)
+                body = decode(response.data)
             finally:
                 response.release_conn()
             relist.add(body.get("items") or ())
@@ -304,7 +319,7 @@ class ListWatch:
             for line in _response_lines(response):
                 if self._stopping.is_set():
                     break
-                self._handle(json.loads(line))
+                self._handle(decode(line))
                 events += 1
         finally:
             self._response = None

@@ -47,6 +47,11 @@ class SharedPool(Generic[K, V]):
             del self._entries[key]
         self._close(value)
 
+    def values(self) -> list[V]:
+        """A snapshot of the live objects (for health reporting)."""
+        with self._lock:
+            return [value for value, _ in self._entries.values()]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)

@@ -1,8 +1,11 @@
-"""A fake Kubernetes API server for ``cilium.io/v2`` list + watch, on 127.0.0.1.
+"""A fake Kubernetes API server for ``cilium.io`` discovery, list + watch, on 127.0.0.1.
 
 It speaks the real protocol the kubernetes client uses for cluster-wide custom objects:
 
-- ``GET /apis/cilium.io/v2/<plural>``: a list with ``metadata.resourceVersion``, paged by
+- ``GET /apis/cilium.io/<version>``: the APIResourceList of the resources served in that
+  version (CiliumEndpoint and CiliumIdentity in ``v2``, CiliumEndpointSlice in
+  ``v2alpha1``); a version serving none of them is a 404, as is any resource not served.
+- ``GET /apis/cilium.io/<version>/<plural>``: a list with ``metadata.resourceVersion``, paged by
   ``limit``/``continue`` over a consistent snapshot (an expired ``continue`` is a 410).
 - ``GET ...?watch=true&resourceVersion=N``: a chunked stream of ``{"type","object"}``
   JSON lines (ADDED, MODIFIED, DELETED, BOOKMARK when ``allowWatchBookmarks``), ended
@@ -11,7 +14,8 @@ It speaks the real protocol the kubernetes client uses for cluster-wide custom o
 
 Resource versions are one counter shared by every kind, as etcd's are. Tests drive it:
 ``put``/``delete`` objects, ``bookmark()``, ``compact()``, ``cut_streams()``,
-``go_down()`` (connections refused) and ``come_back()`` (same port).
+``go_down()`` (connections refused) and ``come_back()`` (same port). Which resources are
+served is chosen per server (``served=``), and ``forbid()`` answers one with 403 (RBAC).
 """
 
 from __future__ import annotations
@@ -31,9 +35,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+GROUP = "cilium.io"
 GROUP_VERSION = "cilium.io/v2"
-KINDS = {"ciliumendpoints": "CiliumEndpoint", "ciliumidentities": "CiliumIdentity"}
+KINDS = {
+    "ciliumendpoints": "CiliumEndpoint",
+    "ciliumidentities": "CiliumIdentity",
+    "ciliumendpointslices": "CiliumEndpointSlice",
+}
 PLURALS = {kind: plural for plural, kind in KINDS.items()}
+VERSIONS = {"ciliumendpoints": "v2", "ciliumidentities": "v2", "ciliumendpointslices": "v2alpha1"}
+# What a cluster with CiliumEndpoints (Cilium's default) serves; slices are opt-in.
+DEFAULT_SERVED = ("ciliumendpoints", "ciliumidentities")
+ALL_SERVED = tuple(KINDS)
 DEFAULT_WATCH_TIMEOUT = 1800
 PEER_CHECK = 0.2  # how often an idle watch stream checks that its client is still there
 
@@ -103,6 +116,50 @@ def cilium_endpoint(
     }
 
 
+def core_endpoint(
+    name: str,
+    identity_id: int | None,
+    *,
+    ipv4: str | None = None,
+    ipv6: str | None = None,
+    node: str = "172.18.0.3",
+    pod_uid: str | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """One member of a CiliumEndpointSlice's ``endpoints`` (shaped like the captured slice;
+    ``pod-uid`` and ``service-account`` are set only when given, as on newer Cilium)."""
+    addressing: dict[str, str] = {}
+    if ipv4:
+        addressing["ipv4"] = ipv4
+    if ipv6:
+        addressing["ipv6"] = ipv6
+    member: dict[str, Any] = {
+        "encryption": {},
+        "name": name,
+        "networking": {"addressing": [addressing], "node": node},
+    }
+    if identity_id is not None:
+        member["id"] = identity_id
+    if pod_uid is not None:
+        member["pod-uid"] = pod_uid
+    if service_account is not None:
+        member["service-account"] = service_account
+    return member
+
+
+def cilium_endpoint_slice(
+    name: str, namespace: str, endpoints: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A CiliumEndpointSlice: cluster-scoped, the namespace is a top-level field."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSIONS['ciliumendpointslices']}",
+        "kind": "CiliumEndpointSlice",
+        "metadata": {"name": name},
+        "namespace": namespace,
+        "endpoints": [dict(member) for member in endpoints],
+    }
+
+
 def cilium_identity(identity_id: int, security_labels: Mapping[str, str]) -> dict[str, Any]:
     """A CiliumIdentity: named by its id, labels in the top-level ``security-labels``."""
     return {
@@ -144,9 +201,17 @@ def _key(obj: Mapping[str, Any]) -> str:
 class FakeKubeApi:
     """The fake server; usable as a context manager."""
 
-    def __init__(self, *, token: str | None = None, gone_as_status: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        gone_as_status: bool = False,
+        served: Iterable[str] = DEFAULT_SERVED,
+    ) -> None:
         self.token = token
         self.gone_as_status = gone_as_status
+        self.served = set(served)  # plurals; the others are 404, as without their CRD
+        self.forbidden: set[str] = set()  # plurals answered 403, as RBAC would
         self._cond = threading.Condition()
         self._version = 100
         self._compacted = 0
@@ -245,7 +310,7 @@ class FakeKubeApi:
             for plural, kind in KINDS.items():
                 marker = {
                     "kind": kind,
-                    "apiVersion": GROUP_VERSION,
+                    "apiVersion": f"{GROUP}/{VERSIONS[plural]}",
                     "metadata": {"resourceVersion": str(self._version)},
                 }
                 self._emit(plural, "BOOKMARK", marker)
@@ -268,9 +333,14 @@ class FakeKubeApi:
         for watcher in watchers:
             _shut(watcher.connection)
 
+    def forbid(self, plural: str) -> None:
+        """Answer list and watch of ``plural`` with 403 Forbidden from now on."""
+        with self._cond:
+            self.forbidden.add(plural)
+
     def fail_next(self, status: int, count: int = 1, after: int = 0) -> None:
-        """Serve ``after`` more requests normally, then answer ``count`` requests with an
-        error Status."""
+        """Serve ``after`` more list/watch requests normally, then answer ``count`` of them
+        with an error Status (discovery requests are not counted)."""
         with self._cond:
             self._failures.extend([None] * after + [status] * count)
 
@@ -347,11 +417,46 @@ class FakeKubeApi:
             metadata["continue"] = next_token
         page = snapshot.items[start:end]
         return 200, {
-            "apiVersion": GROUP_VERSION,
+            "apiVersion": f"{GROUP}/{VERSIONS[plural]}",
             "kind": KINDS[plural] + "List",
             "metadata": metadata,
             "items": page,  # already-encoded objects, spliced in by the handler
         }
+
+    def _discovery(self, version: str) -> tuple[int, dict[str, Any]]:
+        """The APIResourceList of one ``cilium.io`` version, or 404 when it serves nothing."""
+        with self._cond:
+            plurals = sorted(p for p in self.served if VERSIONS[p] == version)
+        if not plurals:
+            message = f"the server could not find the requested resource ({GROUP}/{version})"
+            return 404, status_object(404, "NotFound", message)
+        resources = [
+            {
+                "name": plural,
+                "singularName": KINDS[plural].lower(),
+                "namespaced": plural == "ciliumendpoints",
+                "kind": KINDS[plural],
+                "verbs": ["delete", "get", "list", "patch", "create", "update", "watch"],
+            }
+            for plural in plurals
+        ]
+        if "ciliumendpoints" in plurals:
+            resources.append(
+                {
+                    "name": "ciliumendpoints/status",
+                    "singularName": "",
+                    "namespaced": True,
+                    "kind": "CiliumEndpoint",
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+        body = {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{GROUP}/{version}",
+            "resources": resources,
+        }
+        return 200, body
 
     def _start_watch(
         self, plural: str, query: Mapping[str, str], connection: socket.socket
@@ -466,15 +571,32 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.token is not None and self.headers.get("Authorization") != f"Bearer {fake.token}":
             self._send_json(401, status_object(401, "Unauthorized", "Unauthorized"))
             return
+        segments = parts.path.strip("/").split("/")
+        if segments[:2] != ["apis", GROUP] or len(segments) not in (3, 4):
+            self._send_json(404, status_object(404, "NotFound", f"no route for {parts.path}"))
+            return
+        version = segments[2]
+        if len(segments) == 3:
+            self._send_json(*fake._discovery(version))
+            return
+        plural = segments[3]
+        with fake._cond:
+            served = plural in fake.served and VERSIONS.get(plural) == version
+            forbidden = plural in fake.forbidden
+        if not served:
+            self._send_json(404, status_object(404, "NotFound", f"no route for {parts.path}"))
+            return
+        if forbidden:
+            message = (
+                f'{plural}.{GROUP} is forbidden: User "system:serviceaccount:kong:kong" '
+                f'cannot list resource "{plural}" in API group "{GROUP}" at the cluster scope'
+            )
+            self._send_json(403, status_object(403, "Forbidden", message))
+            return
         failure = fake._take_failure()
         if failure is not None:
             reason = "Expired" if failure == 410 else "InternalError"
             self._send_json(failure, status_object(failure, reason, "injected failure"))
-            return
-        prefix = f"/apis/{GROUP_VERSION}/"
-        plural = parts.path[len(prefix) :] if parts.path.startswith(prefix) else ""
-        if plural not in KINDS:
-            self._send_json(404, status_object(404, "NotFound", f"no route for {parts.path}"))
             return
         if query.get("watch") in ("true", "1"):
             self._watch(plural, query)

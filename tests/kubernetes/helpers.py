@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.kubernetes import KubernetesSource
 from kong_cilium_identity.testing.fake_kube import cilium_endpoint
-from tests.shared_captures import real_capture
+from tests.shared_captures import real_capture, shared_path
 
 REAL_CEP = ("k8s-crd", "ciliumendpoint-v1.15.0-rc.1-wcni-kind.json")
+REAL_CES = ("k8s-crd", "ciliumendpointslice-wluo-2024.yaml")
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ``../shared`` beside the repository (as CI clones it); the test is
+    skipped, naming the path, when it is absent."""
+    return shared_path(*relative.split("/"))
 
 
 def load_real_cep() -> dict[str, Any]:
@@ -20,6 +30,13 @@ def load_real_cep() -> dict[str, Any]:
     (the calling test is skipped when it is not there)."""
     text = real_capture(*REAL_CEP).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def load_real_ces() -> dict[str, Any]:
+    """The captured ``kubectl get ces ces-g2mw9wrrx-chnfb -o yaml`` (identity 6704)."""
+    text = real_capture(*REAL_CES).read_text(encoding="utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
     return data
 
 

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
+from kong_cilium_identity.testing.fake_kube import (
+    FakeKubeApi,
+    cilium_endpoint,
+    cilium_endpoint_slice,
+    cilium_identity,
+    core_endpoint,
+)
 from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
 from tests.e2e.conftest import running_server
 from tests.kubernetes.helpers import FAST, wluo_endpoint
@@ -112,3 +118,51 @@ def test_not_synced_source_fails_closed_with_503(kong: KongHarness) -> None:
         out = call(kong, unreachable.url, "10.0.1.200")
     assert_denied(out, 503, "source_unavailable")
     assert server_said(kong, "not synced")
+
+
+NS = "k8s:io.kubernetes.pod.namespace"
+
+
+@pytest.fixture(scope="module")
+def slices_cluster() -> Iterator[FakeKubeApi]:
+    """A cluster running with CiliumEndpointSlices and no CiliumEndpoint CRD (404)."""
+    with FakeKubeApi(served=("ciliumendpointslices", "ciliumidentities")) as fake:
+        fake.put(
+            cilium_endpoint_slice(
+                "ces-default-1",
+                "default",
+                [
+                    core_endpoint("wluo-a", 6704, ipv4="10.0.3.1", ipv6="fd00::3:1"),
+                    core_endpoint("other-a", 6705, ipv4="10.0.3.2"),
+                ],
+            )
+        )
+        fake.put(cilium_identity(6704, {"k8s:app": "wluo", NS: "default"}))
+        fake.put(cilium_identity(6705, {"k8s:app": "other", NS: "default"}))
+        yield fake
+
+
+@pytest.mark.parametrize("client_ip", ["10.0.3.1", "fd00::3:1"])
+def test_slices_only_cluster_allows_the_bound_pod(
+    kong: KongHarness, slices_cluster: FakeKubeApi, client_ip: str
+) -> None:
+    out = call_synced(kong, slices_cluster.url, client_ip)
+    assert out.proxied and out.status == 200 and not out.failed_open, out.kong_log
+    assert out.upstream_headers["x-cilium-identity"] == ["6704"]
+    assert out.upstream_headers["x-cilium-namespace"] == ["default"]
+    assert out.upstream_headers["x-cilium-pod"] == ["wluo-a"]
+
+
+def test_slices_only_cluster_denies_another_pod(
+    kong: KongHarness, slices_cluster: FakeKubeApi
+) -> None:
+    assert_denied(call_synced(kong, slices_cluster.url, "10.0.3.2"), 403, "identity_mismatch")
+
+
+def test_neither_endpoint_resource_is_503_with_a_clear_log(kong: KongHarness) -> None:
+    with FakeKubeApi(served=("ciliumidentities",)) as bare:
+        out = call(kong, bare.url, "10.0.1.200")
+        assert_denied(out, 503, "source_unavailable")
+        assert server_said(kong, "neither ciliumendpoints.cilium.io/v2 nor ciliumendpointslices")
+        time.sleep(0.3)  # discovery asked again: still refused
+        assert_denied(call(kong, bare.url, "10.0.1.200"), 503, "source_unavailable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     KubernetesSettings,
     KubernetesSource,
     api_client,
+    create,
     parse_settings,
 )
+from kong_cilium_identity.testing.fake_kube import ALL_SERVED, FakeKubeApi
+from tests.kubernetes.helpers import FAST
 from tests.shared_captures import REPO_ROOT
 
 MANIFEST = REPO_ROOT / "deploy" / "kubernetes" / "rbac.yaml"
@@ -24,6 +28,35 @@ MANIFEST = REPO_ROOT / "deploy" / "kubernetes" / "rbac.yaml"
 
 def documents() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(MANIFEST.read_text(encoding="utf-8")) if doc]
+
+
+def test_manifest_covers_every_resource_the_source_reads(made: list[KubernetesSource]) -> None:
+    """Run the source against a cluster serving every kind it knows, and check that each
+    resource it listed or watched is granted get, list and watch by the ClusterRole."""
+    with FakeKubeApi(served=ALL_SERVED) as fake:
+        source = create(parse_settings({"api_url": fake.url, **FAST, "watch_identities": True}))
+        made.append(source)
+        assert source.wait_ready(10)
+        read = {path.rsplit("/", 1)[-1] for path, _ in fake.requests if path.count("/") == 4}
+    assert read == {"ciliumendpoints", "ciliumendpointslices", "ciliumidentities"}
+    (role,) = [doc for doc in documents() if doc["kind"] == "ClusterRole"]
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        if rule["apiGroups"] == ["cilium.io"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for resource in read:
+        assert {(resource, "get"), (resource, "list"), (resource, "watch")} <= granted, resource
+
+
+@pytest.fixture
+def made() -> Iterator[list[KubernetesSource]]:
+    sources: list[KubernetesSource] = []
+    yield sources
+    for source in sources:
+        source.close()
 
 
 def test_manifest_grants_read_only_access_to_cilium_endpoints_and_identities() -> None:

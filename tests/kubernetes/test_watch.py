@@ -60,10 +60,11 @@ def test_not_synced_until_the_first_list_is_applied(
     answer = ask(source, "10.0.1.200")
     assert answer.status is LookupStatus.UNAVAILABLE and "not synced" in answer.detail
     assert not source.ready()
-    assert "waiting for the first list of ciliumendpoints" in caplog.text
+    wait_until(lambda: "cannot read the cilium.io discovery documents" in caplog.text)
     assert "denying (503)" in caplog.text
     fake.come_back()
     assert source.wait_ready(10)
+    assert "waiting for the first list of ciliumendpoints" in caplog.text
     assert found_id(source, "10.0.1.200") == 48861
 
 
@@ -229,8 +230,9 @@ def test_bearer_token_from_file(tmp_path: Path) -> None:
         wrong = create(parse_settings({"api_url": fake.url, "token_file": str(wrong_file), **FAST}))
         try:
             assert good.wait_ready(10) and found_id(good, "10.1.8.1") == 1000
-            wait_until(lambda: wrong.endpoints.stats["errors"] >= 3)
+            wait_until(lambda: "HTTP 401" in ask(wrong, "10.1.8.1").detail)
             assert "not synced" in ask(wrong, "10.1.8.1").detail
+            assert not wrong.ready()
         finally:
             good.close()
             wrong.close()

@@ -1,17 +1,23 @@
-"""The ``kubernetes`` source: a live, cluster-wide index of CiliumEndpoint objects.
+"""The ``kubernetes`` source: a live, cluster-wide index of Cilium endpoints.
 
-The source lists and watches ``ciliumendpoints.cilium.io/v2`` in all namespaces (and,
-optionally, ``ciliumidentities`` to fill labels of endpoints that carry only the numeric
-id) and answers lookups from memory. It fails closed: until the first list is applied it
-answers UNAVAILABLE ("not synced"), and so it does when the watch has been down longer
-than ``max_stale`` seconds. The index applies deletions at once, so ``cacheable`` is
-False: the resolver must not keep its answers.
+At start the source reads the API's discovery documents (``/apis/cilium.io/v2`` and
+``/apis/cilium.io/v2alpha1``) and watches what is served: ``ciliumendpoints`` (v2),
+``ciliumendpointslices`` (v2alpha1, together with ``ciliumidentities``, which names the
+labels of the identity ids the slices carry), or both. It lists and watches them in all
+namespaces and answers lookups from memory.
+
+It fails closed: until discovery found a resource and every watch applied its first
+list, it answers UNAVAILABLE, with the reason (not served, forbidden by RBAC, not
+synced), and so it does when a watch has been down longer than ``max_stale`` seconds. The
+index applies deletions at once, so ``cacheable`` is False: the resolver must not keep
+its answers.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,16 +26,32 @@ from typing import Any
 
 import urllib3
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
-from kong_cilium_identity.identity.cep_index import EndpointIndex, canonical_address
-from kong_cilium_identity.identity.cep_watch import ListWatch, WatchSettings
+from kong_cilium_identity import metrics
+from kong_cilium_identity.identity.cep_index import EndpointIndex
+from kong_cilium_identity.identity.cep_watch import (
+    ListWatch,
+    Relist,
+    WatchSettings,
+    backoff_delay,
+)
+from kong_cilium_identity.identity.crd_discovery import (
+    ENDPOINTS,
+    GROUP,
+    IDENTITIES,
+    SLICES,
+    Served,
+    discover,
+)
+from kong_cilium_identity.identity.crd_parse import canonical_address
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
 
 NAME = "kubernetes"
-ENDPOINTS = "ciliumendpoints"
-IDENTITIES = "ciliumidentities"
 WAIT_LOG_INTERVAL = 10.0
+HTTP_UNAUTHORIZED = 401
+HTTP_FORBIDDEN = 403
 KEEPALIVE_IDLE = 10
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
@@ -181,8 +203,48 @@ def api_client(settings: KubernetesSettings) -> Any:
     return client.ApiClient(configuration)
 
 
+def plan_watches(
+    served: Served, watch_identities: bool
+) -> tuple[list[tuple[str, str]], str | None]:
+    """The (plural, version) pairs to watch, and a note on what cannot be used (the
+    reason for refusing every request when the list is empty)."""
+    watches: list[tuple[str, str]] = []
+    note: str | None = None
+    if served.endpoints:
+        watches.append((ENDPOINTS, served.endpoints))
+    if served.slices:
+        if served.identities:
+            watches.append((SLICES, served.slices))
+        else:
+            note = (
+                f"{SLICES}.{GROUP} is served but {IDENTITIES}.{GROUP} is not: slices carry "
+                "only identity ids, whose labels cannot be known (kvstore identity mode?)"
+            )
+    if not watches:
+        return [], note or (
+            f"neither {ENDPOINTS}.{GROUP}/v2 nor {SLICES}.{GROUP}/v2alpha1 is served by "
+            "the API server (is Cilium installed?)"
+        )
+    wants_identities = watch_identities or any(plural == SLICES for plural, _ in watches)
+    if wants_identities:
+        if served.identities:
+            watches.append((IDENTITIES, served.identities))
+        else:
+            note = f"watch_identities is set but {IDENTITIES}.{GROUP} is not served"
+    return watches, note
+
+
+def _failure_text(error: Exception | None) -> str | None:
+    """Why a watch cannot list, when the API server refused it outright."""
+    if isinstance(error, ApiException) and error.status == HTTP_FORBIDDEN:
+        return "forbidden (RBAC): grant get/list/watch on it (deploy/rbac.yaml)"
+    if isinstance(error, ApiException) and error.status == HTTP_UNAUTHORIZED:
+        return "unauthorized: the API server rejected the credentials"
+    return None
+
+
 class KubernetesSource:
-    """Answers from the CiliumEndpoint index kept current by background watches."""
+    """Answers from the endpoint index kept current by background watches."""
 
     name = NAME
     cacheable = False
@@ -190,26 +252,92 @@ class KubernetesSource:
     def __init__(self, http_client: Any, settings: KubernetesSettings) -> None:
         """``http_client`` is a kubernetes ``ApiClient``; the source closes it."""
         self.index = EndpointIndex(NAME)
+        metrics.track_endpoint_index("endpoints", self.index)
+        self.served: Served | None = None
+        self.watches: list[ListWatch] = []
         self._client = http_client
+        self._settings = settings
         self._max_stale = settings.max_stale
         self._last_wait_log = 0.0
-        api = client.CustomObjectsApi(http_client)
-        self.endpoints = ListWatch(
-            api, ENDPOINTS, self.index.begin_relist, self.index.apply, settings.watch
+        self._last_wait_problem = ""
+        self._api = client.CustomObjectsApi(http_client)
+        self._plan_problem: str | None = f"not synced: discovering the {GROUP} resources served"
+        self._planned = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._discovery = threading.Thread(
+            target=self._discover, name="cilium-identity-discovery", daemon=True
         )
-        self.watches = [self.endpoints]
-        if settings.watch_identities:
-            self.watches.append(
-                ListWatch(
-                    api,
-                    IDENTITIES,
-                    self.index.begin_identity_relist,
-                    self.index.apply_identity,
-                    settings.watch,
-                )
+        self._discovery.start()
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        """Find what is served and start the watches; retry (with backoff) while the API
+        cannot be read or serves neither endpoint resource."""
+        watch = self._settings.watch
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                served = discover(self._api, watch.request_timeout)
+            except Exception as error:
+                problem = f"not synced: cannot read the {GROUP} discovery documents: {error}"
+            else:
+                plan, note = plan_watches(served, self._settings.watch_identities)
+                if plan:
+                    if note:
+                        log.warning("kubernetes source: %s", note)
+                    self._start(served, plan)
+                    return
+                problem = note or ""
+            failures += 1
+            self._plan_problem = problem
+            delay = backoff_delay(failures, watch.backoff_initial, watch.backoff_max)
+            log.error(
+                "kubernetes source unavailable, denying (503): %s; asking again in %.1fs",
+                problem,
+                delay,
             )
-        for watch in self.watches:
-            watch.start()
+            self._stopping.wait(delay)
+
+    def _start(self, served: Served, plan: list[tuple[str, str]]) -> None:
+        apply: dict[str, tuple[Callable[[], Relist], Callable[[str, Mapping[str, Any]], None]]]
+        apply = {
+            ENDPOINTS: (self.index.begin_relist, self.index.apply),
+            SLICES: (self.index.begin_slice_relist, self.index.apply_slice),
+            IDENTITIES: (self.index.begin_identity_relist, self.index.apply_identity),
+        }
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            watches = [
+                ListWatch(self._api, plural, *apply[plural], self._settings.watch, version)
+                for plural, version in plan
+            ]
+            for watch in watches:
+                watch.start()
+            self.served = served
+            self.watches = watches
+            self._plan_problem = None
+            self._planned.set()
+        log.info(
+            "kubernetes source: watching %s",
+            ", ".join(f"{plural}.{GROUP}/{version}" for plural, version in plan),
+        )
+
+    def watch_of(self, plural: str) -> ListWatch | None:
+        """The watch of one resource, once discovery started it."""
+        return next((w for w in self.watches if w.plural == plural), None)
+
+    @property
+    def endpoints(self) -> ListWatch | None:
+        return self.watch_of(ENDPOINTS)
+
+    @property
+    def slices(self) -> ListWatch | None:
+        return self.watch_of(SLICES)
+
+    # -- answering ------------------------------------------------------------------------
 
     def lookup(self, peer: Peer, timeout: float) -> Lookup:
         try:
@@ -221,7 +349,7 @@ class KubernetesSource:
                 canonical = canonical_address(peer.address)
                 if canonical != peer.address:
                     answer = self.index.lookup(canonical)
-            return answer or Lookup.unknown(NAME, f"no CiliumEndpoint has address {peer.address}")
+            return answer or Lookup.unknown(NAME, f"no Cilium endpoint has address {peer.address}")
         except ValueError as error:
             return Lookup.unknown(NAME, f"not an address: {error}")
         except Exception as error:  # the contract: never raise, fail closed
@@ -229,11 +357,20 @@ class KubernetesSource:
 
     def _problem(self, quiet: bool = False) -> str | None:
         """Why answers cannot be trusted right now, or None."""
+        planned = self._plan_problem
+        if planned is not None:
+            return planned
         for watch in self.watches:
             if not watch.synced:
+                refused = _failure_text(watch.last_failure)
+                what = f"{watch.plural}.{GROUP}/{watch.version}"
+                if refused is not None:
+                    problem = f"not synced: {what} {refused}"
+                else:
+                    problem = f"not synced: waiting for the first list of {watch.plural}"
                 if not quiet:
-                    self._log_waiting(watch.plural)
-                return f"not synced: waiting for the first list of {watch.plural}"
+                    self._log_waiting(problem)
+                return problem
             out_of_touch = watch.out_of_touch_for()
             if out_of_touch > self._max_stale:
                 return (
@@ -242,25 +379,38 @@ class KubernetesSource:
                 )
         return None
 
-    def _log_waiting(self, plural: str) -> None:
+    def _log_waiting(self, problem: str) -> None:
+        """Log why requests are refused: when the reason changes, else every 10 s."""
         now = time.monotonic()
-        if now - self._last_wait_log >= WAIT_LOG_INTERVAL:
+        if problem != self._last_wait_problem or now - self._last_wait_log >= WAIT_LOG_INTERVAL:
             self._last_wait_log = now
-            log.warning("kubernetes source not synced: denying (503) until %s are listed", plural)
+            self._last_wait_problem = problem
+            log.warning("kubernetes source %s; denying (503) until then", problem)
 
     def ready(self) -> bool:
         return self._problem(quiet=True) is None
 
+    def problem(self) -> str | None:
+        """Why the source is not ready (for /readyz), or None."""
+        return self._problem(quiet=True)
+
     def wait_ready(self, timeout: float) -> bool:
-        """Block until every watch has applied its first list, at most ``timeout`` s."""
+        """Block until discovery is done and every watch has applied its first list, at
+        most ``timeout`` s."""
         deadline = time.monotonic() + timeout
+        if not self._planned.wait(timeout):
+            return False
         for watch in self.watches:
             if not watch.wait_synced(max(0.0, deadline - time.monotonic())):
                 return False
         return self.ready()
 
     def close(self) -> None:
-        for watch in self.watches:
+        with self._lock:
+            self._stopping.set()
+            watches = list(self.watches)
+        self._discovery.join(5.0)
+        for watch in watches:
             watch.close()
         self._client.close()
         self._client.rest_client.pool_manager.clear()
