@@ -69,7 +69,7 @@ def shipped_config(name: str, api_url: str) -> Shipped:
     return Shipped(kic_declarative(kind, api_url, FAST), path, helm_plugins())
 
 
-def _plugin_holders(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def plugin_holders(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     holders = [("global", doc)]
     for service in doc.get("services") or []:
         holders.append((f"service {service.get('name')}", service))
@@ -80,7 +80,7 @@ def _plugin_holders(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def guard_gaps(doc: dict[str, Any]) -> list[str]:
     """Where ``doc`` enables cilium-identity without the guard beside it."""
     gaps = []
-    for where, holder in _plugin_holders(doc):
+    for where, holder in plugin_holders(doc):
         names = {plugin["name"] for plugin in holder.get("plugins") or []}
         if PLUGIN in names and GUARD not in names:
             gaps.append(where)
@@ -90,7 +90,7 @@ def guard_gaps(doc: dict[str, Any]) -> list[str]:
 def without_guard(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` as it was before the guard, or as a user who forgot it has it."""
     out = copy.deepcopy(doc)
-    for _, holder in _plugin_holders(out):
+    for _, holder in plugin_holders(out):
         if "plugins" in holder:
             holder["plugins"] = [p for p in holder["plugins"] if p["name"] != GUARD]
     return out

@@ -4,6 +4,7 @@ shipped configuration. Each test counts what the real upstream received."""
 
 from __future__ import annotations
 
+import copy
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,10 @@ from tests.nginx.shipped import (
     CHECKOUT_POD,
     REPORTS_KEY,
     REPORTS_POD,
+    PLUGIN,
     SHIPPED,
     Shipped,
+    plugin_holders,
     guard_gaps,
     shipped_config,
 )
@@ -137,3 +140,21 @@ def test_restarted_server_is_used_again_through_kongs_instance_reset(
     assert legit.status == 200, legit
     assert rig.nginx.upstream_count() == 1
     assert "no plugin instance" in rig.nginx.error_log()
+
+
+def test_plugin_skipped_by_kong_is_refused_by_the_guard(
+    make_rig: RigFactory, shipped: Shipped
+) -> None:
+    """Kong 3.4.0-3.4.2 skips an external plugin whose server was not connectable within
+    20 s of a worker's start ("plugin server is not ready, ... will not be executed"): the
+    request then reaches the guard with no decision. Modelled by the route running the
+    guard without cilium-identity (which is what such a worker does)."""
+    doc = copy.deepcopy(shipped.doc)
+    for _, holder in plugin_holders(doc):
+        if "plugins" in holder:
+            holder["plugins"] = [p for p in holder["plugins"] if p["name"] != PLUGIN]
+    rig = make_rig(doc, path=shipped.path, installed=shipped.installed)
+    assert rig.stolen_key_requests(4) == [503] * 4
+    legit = rig.nginx.request(rig.path, [CHECKOUT_KEY], source=CHECKOUT_POD)
+    assert legit.status == 503
+    assert rig.nginx.upstream_count() == 0
