@@ -18,13 +18,13 @@ from tests.nginx.peers import NonReadingPeer
 from tests.nginx.shipped import (
     CHECKOUT_KEY,
     CHECKOUT_POD,
+    PLUGIN,
     REPORTS_KEY,
     REPORTS_POD,
-    PLUGIN,
     SHIPPED,
     Shipped,
-    plugin_holders,
     guard_gaps,
+    plugin_holders,
     shipped_config,
 )
 
