@@ -58,7 +58,14 @@ def static_config(**extra: Any) -> dict[str, Any]:
 
 
 def token_config(jwks_uri: str, issuer: str) -> dict[str, Any]:
-    token = {"enabled": True, "issuer": issuer, "audiences": ["kong"], "jwks_uri": jwks_uri}
+    # the key fetch must fit the short event deadline, or the plugin refuses the config
+    token = {
+        "enabled": True,
+        "issuer": issuer,
+        "audiences": ["kong"],
+        "jwks_uri": jwks_uri,
+        "fetch_timeout": 0.5,
+    }
     return static_config(token=token)
 
 
