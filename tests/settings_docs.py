@@ -50,9 +50,7 @@ def tables(groups: dict[str, Group] | None = None) -> dict[str, str]:
 
 
 def _block(name: str) -> re.Pattern[str]:
-    return re.compile(
-        rf"(<!-- fields:{name} -->\n)(.*?)(\n<!-- /fields:{name} -->)", re.DOTALL
-    )
+    return re.compile(rf"(<!-- fields:{name} -->\n)(.*?)(\n<!-- /fields:{name} -->)", re.DOTALL)
 
 
 def read_tables(text: str) -> dict[str, str]:
