@@ -135,14 +135,6 @@ class Group:
         """The group as a Kong ``record`` field definition."""
         return {"type": "record", "fields": self.kong_fields()}
 
-    def filled(self) -> dict[str, Any]:
-        """The record as Kong hands it over when nothing is set: defaults, else None."""
-        return {entry.name: self.default(entry.name) for entry in self.fields}
-
-    def doc_table(self, prefix: str = "", with_type: bool = False) -> str:
-        """The docs reference table of this group."""
-        return doc_table([(prefix, self)], with_type)
-
 
 def doc_table(groups: Sequence[tuple[str, Group]], with_type: bool = False) -> str:
     """One Markdown table over several groups, each row's name under its prefix; nested

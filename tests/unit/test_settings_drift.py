@@ -100,7 +100,7 @@ SPECS: dict[str, Spec] = {
     "hubble": Spec(
         parse=hubble.parse_settings,
         declared=lambda: hubble.HubbleSettings(
-            channel=hubble.ChannelSettings(address=hubble.DEFAULT_ADDRESS),
+            channel=hubble.ChannelSettings(address=hubble.FIELDS.default("address")),
             follow=hubble.FollowSettings(destination_ips=("10.0.0.9",)),
         ),
         required={"follow": True, "follow_destination_ips": ["10.0.0.9"]},

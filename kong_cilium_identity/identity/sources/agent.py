@@ -47,7 +47,6 @@ from kong_cilium_identity.labels import LabelError
 log = logging.getLogger(__name__)
 
 NAME = "agent"
-DEFAULT_SOCKET = "/var/run/cilium/cilium.sock"
 BASE_PATH = "/v1"
 
 FIELDS = Group(
@@ -56,7 +55,7 @@ FIELDS = Group(
         Field(
             "socket_path",
             "string",
-            DEFAULT_SOCKET,
+            "/var/run/cilium/cilium.sock",
             len_min=1,
             doc="the agent API socket (`CILIUM_SOCK` in Cilium)",
         ),

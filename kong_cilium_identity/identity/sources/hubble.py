@@ -37,14 +37,18 @@ from kong_cilium_identity.identity.sources.hubble_flows import (
 from kong_cilium_identity.identity.sources.hubble_follow import FlowFollower, WarmFlows
 from kong_cilium_identity.proto.observer import observer_pb2_grpc
 
-DEFAULT_ADDRESS = "hubble-relay.kube-system.svc:80"
-
 _STRINGS = {"type": "string"}
 
 FIELDS = Group(
     NAME,
     (
-        Field("address", "string", DEFAULT_ADDRESS, len_min=1, doc="Relay `host:port`"),
+        Field(
+            "address",
+            "string",
+            "hubble-relay.kube-system.svc:80",
+            len_min=1,
+            doc="Relay `host:port`",
+        ),
         Field("tls", "boolean", False, doc="use TLS (required for the `tls_*` fields)"),
         Field(
             "tls_ca_file",
