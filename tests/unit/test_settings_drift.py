@@ -14,6 +14,7 @@ show that the check names it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,9 +58,13 @@ def token_required() -> dict[str, Any]:
 
 
 def common_declared() -> Any:
+    """The defaults of the common settings as the code outside the parser states them:
+    the resolver's settings, the policy's tag prefix (field and builder argument), and the
+    token check off."""
     return (
         ResolverSettings(sources=(("static", static.StaticSettings(())),)),
         Policy.__dataclass_fields__["tag_prefix"].default,
+        inspect.signature(Policy.build).parameters["tag_prefix"].default,
         token.DISABLED,
     )
 
@@ -114,7 +119,7 @@ SPECS: dict[str, Spec] = {
 
 def _common_view(config: schema.Config) -> Any:
     """The parts of a Config the common settings decide, shaped like common_declared."""
-    return (config.resolver, config.policy.tag_prefix, config.token)
+    return (config.resolver, config.policy.tag_prefix, config.policy.tag_prefix, config.token)
 
 
 def dumped_records() -> dict[str, dict[str, Any]]:
