@@ -76,7 +76,7 @@ class Field:
             cells.append(self.doc_type or self.type)
         meaning = self.doc
         if self.between is not None:
-            meaning += " ({}\u2013{})".format(*self.between)
+            meaning += " (range {}\u2013{})".format(*self.between)
         cells += [self.doc_default or render_default(self.default), meaning]
         return "| " + " | ".join(cells) + " |"
 
