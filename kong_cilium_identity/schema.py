@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kong_cilium_identity.decision import Policy
+from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.resolver import CacheSettings, ResolverSettings
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, ConfigError
 from kong_cilium_identity.labels import LabelError
@@ -62,99 +63,152 @@ _CLAIM_RULE = {
     ],
 }
 
+CACHE = Group(
+    "cache",
+    (
+        Field(
+            "ttl",
+            "number",
+            5,
+            required=True,
+            between=(0, 3600),
+            doc="seconds a remote source's answer is reused",
+        ),
+        Field(
+            "negative_ttl",
+            "number",
+            1,
+            required=True,
+            between=(0, 3600),
+            doc='seconds an "unknown"/"ambiguous" answer is reused; failures are never cached',
+        ),
+        Field(
+            "size",
+            "integer",
+            65536,
+            required=True,
+            between=(1, 10000000),
+            doc="addresses kept per source",
+        ),
+    ),
+)
 
-def _common_fields() -> list[dict[str, Any]]:
-    return [
-        {
-            "mode": _string(
-                required=True, default=Mode.ENFORCE.value, one_of=[m.value for m in Mode]
-            )
-        },
-        {
-            "ip_source": _string(
-                required=True,
-                default=IpSource.CONNECTION.value,
-                one_of=[s.value for s in IpSource],
-            )
-        },
-        {
-            "sources": {
-                "type": "array",
-                "required": True,
-                "default": ["static"],
-                "len_min": 1,
-                "elements": _string(one_of=sorted(SOURCE_KINDS)),
-            }
-        },
-        {
-            "lookup_timeout": {
-                "type": "number",
-                "required": True,
-                "default": 0.5,
-                "between": [0.001, 30],
-            }
-        },
-        {"require_agreement": {"type": "boolean", "required": True, "default": False}},
-        {
-            "cache": {
-                "type": "record",
-                "required": True,
-                "fields": [
-                    {
-                        "ttl": {
-                            "type": "number",
-                            "required": True,
-                            "default": 5,
-                            "between": [0, 3600],
-                        }
-                    },
-                    {
-                        "negative_ttl": {
-                            "type": "number",
-                            "required": True,
-                            "default": 1,
-                            "between": [0, 3600],
-                        }
-                    },
-                    {
-                        "size": {
-                            "type": "integer",
-                            "required": True,
-                            "default": 65536,
-                            "between": [1, 10000000],
-                        }
-                    },
-                ],
-            }
-        },
-        {"bindings": {"type": "array", "required": True, "default": [], "elements": _BINDING}},
-        {"consumer_tags": {"type": "boolean", "required": True, "default": True}},
-        {"tag_prefix": _string(required=True, default="cilium-identity:")},
-        {
-            "claim_rules": {
-                "type": "array",
-                "required": True,
-                "default": [],
-                "elements": _CLAIM_RULE,
-            }
-        },
-        {
-            "allow_reserved_identities": {
-                "type": "array",
-                "required": True,
-                "default": [],
-                "elements": {"type": "integer", "between": [1, 4294967295]},
-            }
-        },
-        {"header_prefix": _string(required=True, default="X-Cilium-")},
-        {"upstream_headers": {"type": "boolean", "required": True, "default": True}},
-        {"client_reason": {"type": "boolean", "required": True, "default": True}},
-    ]
+COMMON = Group(
+    "common",
+    (
+        Field(
+            "mode",
+            "string",
+            Mode.ENFORCE.value,
+            required=True,
+            one_of=tuple(m.value for m in Mode),
+            doc="`enforce` denies; `monitor` only logs what it would do",
+        ),
+        Field(
+            "ip_source",
+            "string",
+            IpSource.CONNECTION.value,
+            required=True,
+            one_of=tuple(s.value for s in IpSource),
+            doc="`connection`: TCP peer (`kong.client.get_ip`); `forwarded`: Kong's real-IP "
+            "logic (`get_forwarded_ip`) — only behind a trusted proxy",
+        ),
+        Field(
+            "sources",
+            "array",
+            ("static",),
+            required=True,
+            len_min=1,
+            elements=_string(one_of=sorted(SOURCE_KINDS)),
+            doc="ordered list of identity sources: `static`, `kubernetes`, `agent`, `hubble` "
+            "(see Sources); the first that finds the address answers",
+        ),
+        Field(
+            "lookup_timeout",
+            "number",
+            0.5,
+            required=True,
+            between=(0.001, 30),
+            doc="seconds each source may take; past it the source counts as failed",
+        ),
+        Field(
+            "require_agreement",
+            "boolean",
+            False,
+            required=True,
+            doc="ask every source; any disagreement → `identity_ambiguous`, any failure → "
+            "`source_unavailable`",
+        ),
+        Field("cache", "record", required=True, record=CACHE),
+        Field(
+            "bindings",
+            "array",
+            (),
+            required=True,
+            elements=_BINDING,
+            doc="`[{consumer, selectors: [..]}]`; consumer is an id, username or custom_id "
+            "(or `id:`/`username:`/`custom_id:` prefixed)",
+        ),
+        Field(
+            "consumer_tags",
+            "boolean",
+            True,
+            required=True,
+            doc="read bindings from consumer tags too",
+        ),
+        Field(
+            "tag_prefix",
+            "string",
+            "cilium-identity:",
+            required=True,
+            doc="a consumer tag `cilium-identity:k8s:app=checkout;k8s:io.kubernetes.pod."
+            "namespace=shop` is one selector",
+        ),
+        Field(
+            "claim_rules",
+            "array",
+            (),
+            required=True,
+            elements=_CLAIM_RULE,
+            doc="`[{claim, equals}]`, see above",
+        ),
+        Field(
+            "allow_reserved_identities",
+            "array",
+            (),
+            required=True,
+            elements={"type": "integer", "between": [1, 4294967295]},
+            doc="reserved / well-known / local-scope ids to accept anyway",
+        ),
+        Field(
+            "header_prefix",
+            "string",
+            "X-Cilium-",
+            required=True,
+            doc="prefix of the upstream identity headers; client-sent headers with it are "
+            "always removed",
+        ),
+        Field(
+            "upstream_headers",
+            "boolean",
+            True,
+            required=True,
+            doc="set the identity headers on allowed requests",
+        ),
+        Field(
+            "client_reason",
+            "boolean",
+            True,
+            required=True,
+            doc="put the reason code in the client's error message (details stay in the log)",
+        ),
+    ),
+)
 
 
 def config_fields() -> list[dict[str, Any]]:
     """The ``config`` record's fields: common settings plus one record per source kind."""
-    fields = _common_fields()
+    fields = COMMON.kong_fields()
     fields.append({"token": {**TOKEN_SCHEMA, "required": True}})
     for name in sorted(SOURCE_KINDS):
         fields.append({name: {**SOURCE_KINDS[name].schema, "required": True}})
@@ -179,8 +233,8 @@ _HEADER_TOKEN = re.compile(r"^[A-Za-z0-9-]+$")
 def parse_config(raw: Mapping[str, Any]) -> Config:
     """Build a Config from Kong's config table; raise ConfigError naming the bad field."""
     try:
-        mode = Mode(raw.get("mode") or Mode.ENFORCE)
-        ip_source = IpSource(raw.get("ip_source") or IpSource.CONNECTION)
+        mode = Mode(COMMON.value(raw, "mode"))
+        ip_source = IpSource(COMMON.value(raw, "ip_source"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     token = parse_token_settings(raw.get("token"))
@@ -189,19 +243,15 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         ip_source=ip_source,
         resolver=_resolver_settings(raw),
         policy=_policy(raw, claim_rules_for(token)),
-        header_prefix=_header_prefix(raw.get("header_prefix")),
-        upstream_headers=bool(_default(raw.get("upstream_headers"), True)),
-        client_reason=bool(_default(raw.get("client_reason"), True)),
+        header_prefix=_header_prefix(COMMON.value(raw, "header_prefix")),
+        upstream_headers=bool(COMMON.value(raw, "upstream_headers")),
+        client_reason=bool(COMMON.value(raw, "client_reason")),
         token=token,
     )
 
 
-def _default(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def _resolver_settings(raw: Mapping[str, Any]) -> ResolverSettings:
-    names = _default(raw.get("sources"), ["static"])
+    names = COMMON.value(raw, "sources")
     if not isinstance(names, list) or not names:
         raise ConfigError("sources: expected a non-empty list")
     chain: list[tuple[str, Hashable]] = []
@@ -212,22 +262,22 @@ def _resolver_settings(raw: Mapping[str, Any]) -> ResolverSettings:
         if any(existing == name for existing, _ in chain):
             raise ConfigError(f"sources: {name!r} is listed twice")
         chain.append((name, kind.parse(raw.get(name) or {})))
-    cache = raw.get("cache") or {}
+    cache = raw.get("cache")
     return ResolverSettings(
         sources=tuple(chain),
-        timeout=float(_default(raw.get("lookup_timeout"), 0.5)),
-        require_agreement=bool(raw.get("require_agreement")),
+        timeout=float(COMMON.value(raw, "lookup_timeout")),
+        require_agreement=bool(COMMON.value(raw, "require_agreement")),
         cache=CacheSettings(
-            ttl=float(_default(cache.get("ttl"), 5)),
-            negative_ttl=float(_default(cache.get("negative_ttl"), 1)),
-            size=int(_default(cache.get("size"), 65536)),
+            ttl=float(CACHE.value(cache, "ttl")),
+            negative_ttl=float(CACHE.value(cache, "negative_ttl")),
+            size=int(CACHE.value(cache, "size")),
         ),
     )
 
 
 def _policy(raw: Mapping[str, Any], template_rules: list[tuple[str, str]]) -> Policy:
     bindings = []
-    for index, binding in enumerate(raw.get("bindings") or []):
+    for index, binding in enumerate(COMMON.value(raw, "bindings")):
         if not isinstance(binding, Mapping):
             raise ConfigError(f"bindings[{index}]: expected a record")
         consumer = binding.get("consumer")
@@ -236,21 +286,20 @@ def _policy(raw: Mapping[str, Any], template_rules: list[tuple[str, str]]) -> Po
             raise ConfigError(f"bindings[{index}]: needs a consumer and at least one selector")
         bindings.append((consumer, [str(text) for text in selectors]))
     rules = []
-    for index, rule in enumerate(raw.get("claim_rules") or []):
+    for index, rule in enumerate(COMMON.value(raw, "claim_rules")):
         if not isinstance(rule, Mapping):
             raise ConfigError(f"claim_rules[{index}]: expected a record")
         rules.append((str(rule.get("claim") or ""), str(rule.get("equals") or "")))
     rules.extend(template_rules)
-    allowed = [int(value) for value in raw.get("allow_reserved_identities") or []]
-    tag_prefix = raw.get("tag_prefix") if _default(raw.get("consumer_tags"), True) else None
+    allowed = [int(value) for value in COMMON.value(raw, "allow_reserved_identities")]
+    tag_prefix = COMMON.value(raw, "tag_prefix") if COMMON.value(raw, "consumer_tags") else None
     try:
         return Policy.build(bindings, tag_prefix or None, rules, allowed)
     except LabelError as error:
         raise ConfigError(str(error)) from None
 
 
-def _header_prefix(value: Any) -> str:
-    prefix = "X-Cilium-" if value is None else value
+def _header_prefix(prefix: Any) -> str:
     if not isinstance(prefix, str) or not _HEADER_TOKEN.match(prefix):
         raise ConfigError(f"header_prefix: {prefix!r} is not a valid header name prefix")
     return prefix

@@ -32,7 +32,7 @@ def test_defaults_apply_when_kong_sends_nulls() -> None:
     assert config.mode is Mode.ENFORCE and config.ip_source is IpSource.CONNECTION
     assert config.resolver.timeout == 0.5 and config.resolver.cache.ttl == 5
     assert config.header_prefix == "X-Cilium-"
-    assert config.policy.tag_prefix is None  # no tag_prefix, no tag bindings
+    assert config.policy.tag_prefix == "cilium-identity:"  # the schema default, as Kong fills it
 
 
 @pytest.mark.parametrize(

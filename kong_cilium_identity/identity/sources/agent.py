@@ -28,6 +28,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity import reserved
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
@@ -46,18 +47,43 @@ from kong_cilium_identity.labels import LabelError
 log = logging.getLogger(__name__)
 
 NAME = "agent"
-DEFAULT_SOCKET = "/var/run/cilium/cilium.sock"
 BASE_PATH = "/v1"
 
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "fields": [
-        {"socket_path": {"type": "string", "default": DEFAULT_SOCKET, "len_min": 1}},
-        {"max_idle_connections": {"type": "integer", "default": 4, "between": [0, 64]}},
-        {"identity_cache_ttl": {"type": "number", "default": 60, "between": [0, 3600]}},
-        {"identity_cache_size": {"type": "integer", "default": 4096, "between": [1, 1000000]}},
-    ],
-}
+FIELDS = Group(
+    NAME,
+    (
+        Field(
+            "socket_path",
+            "string",
+            "/var/run/cilium/cilium.sock",
+            len_min=1,
+            doc="the agent API socket (`CILIUM_SOCK` in Cilium)",
+        ),
+        Field(
+            "max_idle_connections",
+            "integer",
+            4,
+            between=(0, 64),
+            doc="keep-alive connections kept for reuse (0: a new connection per request)",
+        ),
+        Field(
+            "identity_cache_ttl",
+            "number",
+            60,
+            between=(0, 3600),
+            doc="seconds to keep `id → labels` (0: ask `/v1/identity/{id}` every time)",
+        ),
+        Field(
+            "identity_cache_size",
+            "integer",
+            4096,
+            between=(1, 1000000),
+            doc="identity ids kept",
+        ),
+    ),
+)
+
+SCHEMA: dict[str, Any] = FIELDS.record()
 
 _POD_CLASSES = (reserved.IdentityClass.CLUSTER, reserved.IdentityClass.WELL_KNOWN)
 _REFUSALS = {
@@ -69,18 +95,15 @@ _REFUSALS = {
 
 @dataclass(frozen=True)
 class AgentSettings:
-    socket_path: str = DEFAULT_SOCKET
-    max_idle_connections: int = 4
-    identity_cache_ttl: float = 60.0
-    identity_cache_size: int = 4096
+    socket_path: str = FIELDS.default("socket_path")
+    max_idle_connections: int = FIELDS.default("max_idle_connections")
+    identity_cache_ttl: float = FIELDS.default("identity_cache_ttl")
+    identity_cache_size: int = FIELDS.default("identity_cache_size")
 
 
 def parse_settings(record: Mapping[str, Any]) -> AgentSettings:
-    defaults = AgentSettings()
-
     def setting(name: str) -> Any:
-        value = record.get(name)
-        return getattr(defaults, name) if value is None else value
+        return FIELDS.value(record, name)
 
     return AgentSettings(
         socket_path=str(setting("socket_path")),

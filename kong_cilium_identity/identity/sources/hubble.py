@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.shared import SharedPool
@@ -36,47 +37,103 @@ from kong_cilium_identity.identity.sources.hubble_flows import (
 from kong_cilium_identity.identity.sources.hubble_follow import FlowFollower, WarmFlows
 from kong_cilium_identity.proto.observer import observer_pb2_grpc
 
-DEFAULT_ADDRESS = "hubble-relay.kube-system.svc:80"
+_STRINGS = {"type": "string"}
 
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "fields": [
-        {"address": {"type": "string", "default": DEFAULT_ADDRESS, "len_min": 1}},
-        {"tls": {"type": "boolean", "default": False}},
-        {"tls_ca_file": {"type": "string"}},
-        {"tls_cert_file": {"type": "string"}},
-        {"tls_key_file": {"type": "string"}},
-        {"tls_server_name": {"type": "string"}},
-        {"flows": {"type": "integer", "default": 1, "between": [1, 1000]}},
-        {"match_ports": {"type": "boolean", "default": False}},
-        {"max_flow_age": {"type": "number", "default": 600, "between": [0, 86400]}},
-        {"reconnect_backoff_max": {"type": "number", "default": 5, "between": [0.1, 300]}},
-        {"follow": {"type": "boolean", "default": False}},
-        {
-            "follow_destination_pods": {
-                "type": "array",
-                "default": [],
-                "elements": {"type": "string"},
-            }
-        },
-        {
-            "follow_destination_ips": {
-                "type": "array",
-                "default": [],
-                "elements": {"type": "string"},
-            }
-        },
-        {
-            "follow_destination_ports": {
-                "type": "array",
-                "default": [],
-                "elements": {"type": "string"},
-            }
-        },
-        {"follow_ttl": {"type": "number", "default": 30, "between": [1, 3600]}},
-        {"follow_cache_size": {"type": "integer", "default": 65536, "between": [1, 10000000]}},
-    ],
-}
+FIELDS = Group(
+    NAME,
+    (
+        Field(
+            "address",
+            "string",
+            "hubble-relay.kube-system.svc:80",
+            len_min=1,
+            doc="Relay `host:port`",
+        ),
+        Field("tls", "boolean", False, doc="use TLS (required for the `tls_*` fields)"),
+        Field(
+            "tls_ca_file",
+            "string",
+            doc="PEM CA bundle that signed Relay's certificate (e.g. Secret `cilium-ca`)",
+        ),
+        Field(
+            "tls_cert_file",
+            "string",
+            doc="client certificate for mTLS (with `tls_key_file`: both or neither)",
+        ),
+        Field("tls_key_file", "string", doc="client key for mTLS (with `tls_cert_file`)"),
+        Field("tls_server_name", "string", doc="name to verify instead of the address host"),
+        Field(
+            "flows",
+            "integer",
+            1,
+            between=(1, 1000),
+            doc="last flows *per node* per lookup",
+        ),
+        Field(
+            "match_ports",
+            "boolean",
+            False,
+            doc="pin lookups to the connection's ports (see above)",
+        ),
+        Field(
+            "max_flow_age",
+            "number",
+            600,
+            between=(0, 86400),
+            doc="seconds; older flows do not count (0: no limit)",
+        ),
+        Field(
+            "reconnect_backoff_max",
+            "number",
+            5,
+            between=(0.1, 300),
+            doc="seconds; cap of gRPC and follow-stream reconnect backoff",
+        ),
+        Field(
+            "follow",
+            "boolean",
+            False,
+            doc="run the follow stream (needs a destination filter)",
+        ),
+        Field(
+            "follow_destination_pods",
+            "array",
+            (),
+            elements=_STRINGS,
+            doc="`namespace/pod-prefix` of Kong's pods, e.g. `kong/kong-`",
+        ),
+        Field(
+            "follow_destination_ips",
+            "array",
+            (),
+            elements=_STRINGS,
+            doc="Kong pod IPs or CIDRs",
+        ),
+        Field(
+            "follow_destination_ports",
+            "array",
+            (),
+            elements=_STRINGS,
+            doc="Kong's ports (strings)",
+        ),
+        Field(
+            "follow_ttl",
+            "number",
+            30,
+            between=(1, 3600),
+            doc="seconds a followed flow answers lookups",
+        ),
+        Field(
+            "follow_cache_size",
+            "integer",
+            65536,
+            between=(1, 10000000),
+            doc="addresses kept by the follow cache",
+        ),
+    ),
+)
+
+SCHEMA: dict[str, Any] = FIELDS.record()
 
 
 @dataclass(frozen=True)
@@ -85,12 +142,12 @@ class ChannelSettings:
     config reload after certificate rotation opens a new channel."""
 
     address: str
-    tls: bool = False
+    tls: bool = FIELDS.default("tls")
     ca: bytes | None = None
     cert: bytes | None = None
     key: bytes | None = None
     server_name: str | None = None
-    reconnect_backoff_max: float = 5.0
+    reconnect_backoff_max: float = FIELDS.default("reconnect_backoff_max")
 
 
 @dataclass(frozen=True)
@@ -98,16 +155,16 @@ class FollowSettings:
     destination_pods: tuple[str, ...] = ()
     destination_ips: tuple[str, ...] = ()
     destination_ports: tuple[str, ...] = ()
-    ttl: float = 30.0
-    cache_size: int = 65536
+    ttl: float = FIELDS.default("follow_ttl")
+    cache_size: int = FIELDS.default("follow_cache_size")
 
 
 @dataclass(frozen=True)
 class HubbleSettings:
     channel: ChannelSettings
-    flows: int = 1
-    match_ports: bool = False
-    max_flow_age: float = 600.0
+    flows: int = FIELDS.default("flows")
+    match_ports: bool = FIELDS.default("match_ports")
+    max_flow_age: float = FIELDS.default("max_flow_age")
     follow: FollowSettings | None = None
 
 
@@ -121,12 +178,12 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 
 def _strings(record: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    return tuple(str(item) for item in record.get(name) or ())
+    return tuple(str(item) for item in FIELDS.value(record, name))
 
 
 def parse_settings(record: Mapping[str, Any]) -> HubbleSettings:
-    address = str(record.get("address") or DEFAULT_ADDRESS).strip()
-    tls = bool(record.get("tls"))
+    address = str(FIELDS.value(record, "address")).strip()
+    tls = bool(FIELDS.value(record, "tls"))
     ca = _read(record.get("tls_ca_file"), "tls_ca_file")
     cert = _read(record.get("tls_cert_file"), "tls_cert_file")
     key = _read(record.get("tls_key_file"), "tls_key_file")
@@ -141,28 +198,27 @@ def parse_settings(record: Mapping[str, Any]) -> HubbleSettings:
         cert=cert,
         key=key,
         server_name=record.get("tls_server_name") or None,
-        reconnect_backoff_max=float(record.get("reconnect_backoff_max") or 5.0),
+        reconnect_backoff_max=float(FIELDS.value(record, "reconnect_backoff_max")),
     )
     follow = None
-    if record.get("follow"):
+    if FIELDS.value(record, "follow"):
         follow = FollowSettings(
             destination_pods=_strings(record, "follow_destination_pods"),
             destination_ips=_strings(record, "follow_destination_ips"),
             destination_ports=_strings(record, "follow_destination_ports"),
-            ttl=float(record.get("follow_ttl") or 30.0),
-            cache_size=int(record.get("follow_cache_size") or 65536),
+            ttl=float(FIELDS.value(record, "follow_ttl")),
+            cache_size=int(FIELDS.value(record, "follow_cache_size")),
         )
         if not (follow.destination_pods or follow.destination_ips):
             raise ConfigError(
                 "hubble.follow needs follow_destination_pods or follow_destination_ips "
                 "(Kong's own pods); following every flow of the cluster is not supported"
             )
-    max_age = record.get("max_flow_age")
     return HubbleSettings(
         channel=channel,
-        flows=int(record.get("flows") or 1),
-        match_ports=bool(record.get("match_ports")),
-        max_flow_age=600.0 if max_age is None else float(max_age),
+        flows=int(FIELDS.value(record, "flows")),
+        match_ports=bool(FIELDS.value(record, "match_ports")),
+        max_flow_age=float(FIELDS.value(record, "max_flow_age")),
         follow=follow,
     )
 

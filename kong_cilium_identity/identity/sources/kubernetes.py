@@ -29,6 +29,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kong_cilium_identity import metrics
+from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.cep_index import EndpointIndex
 from kong_cilium_identity.identity.cep_watch import (
     ListWatch,
@@ -58,28 +59,99 @@ KEEPALIVE_COUNT = 3
 
 log = logging.getLogger(__name__)
 
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "fields": [
-        {
-            "api_url": {
-                "type": "string",
-                "description": "API server URL; unset: kubeconfig if given, else in-cluster",
-            }
-        },
-        {"token_file": {"type": "string", "description": "bearer token file (with api_url)"}},
-        {"ca_file": {"type": "string", "description": "CA bundle for an https api_url"}},
-        {"kubeconfig": {"type": "string", "description": "kubeconfig path (not with api_url)"}},
-        {"context": {"type": "string", "description": "kubeconfig context"}},
-        {"watch_identities": {"type": "boolean", "default": False}},
-        {"max_stale": {"type": "number", "default": 15, "between": [1, 3600]}},
-        {"page_size": {"type": "integer", "default": 500, "between": [1, 10000]}},
-        {"watch_timeout": {"type": "integer", "default": 300, "between": [1, 3600]}},
-        {"request_timeout": {"type": "number", "default": 10, "between": [0.1, 300]}},
-        {"backoff_initial": {"type": "number", "default": 0.5, "between": [0.01, 60]}},
-        {"backoff_max": {"type": "number", "default": 30, "between": [0.01, 600]}},
-    ],
-}
+FIELDS = Group(
+    NAME,
+    (
+        Field(
+            "api_url",
+            "string",
+            description="API server URL; unset: kubeconfig if given, else in-cluster",
+            doc="API server URL (`https://…` or `http://…`). If unset, `kubeconfig` is used "
+            "when given, otherwise the pod's service account (in-cluster config)",
+        ),
+        Field(
+            "token_file",
+            "string",
+            description="bearer token file (with api_url)",
+            doc="bearer token file for `api_url`. It is re-read before each request, so "
+            "projected tokens can rotate",
+        ),
+        Field(
+            "ca_file",
+            "string",
+            description="CA bundle for an https api_url",
+            doc="CA bundle to verify an `https` `api_url`",
+        ),
+        Field(
+            "kubeconfig",
+            "string",
+            description="kubeconfig path (not with api_url)",
+            doc="kubeconfig path. Cannot be combined with `api_url`",
+        ),
+        Field(
+            "context",
+            "string",
+            description="kubeconfig context",
+            doc="kubeconfig context (needs `kubeconfig`). Unset: the file's current context",
+        ),
+        Field(
+            "watch_identities",
+            "boolean",
+            False,
+            doc="also list + watch `ciliumidentities` (cluster-scoped; name = id; labels in "
+            "the top-level `security-labels`). These fill the labels of endpoints that carry "
+            "only the numeric id. Readiness then needs both lists",
+        ),
+        Field(
+            "max_stale",
+            "number",
+            15,
+            between=(1, 3600),
+            doc="seconds the source may keep answering from its index after a watch "
+            "broke. After that it answers `source_unavailable` (503) until a watch is open "
+            "again",
+        ),
+        Field(
+            "page_size",
+            "integer",
+            500,
+            between=(1, 10000),
+            doc="list page size (`limit`/`continue`)",
+        ),
+        Field(
+            "watch_timeout",
+            "integer",
+            300,
+            between=(1, 3600),
+            doc="server-side `timeoutSeconds` of one watch request. The watch then "
+            "resumes at once from the last version. The client read timeout is this + 15 s",
+        ),
+        Field(
+            "request_timeout",
+            "number",
+            10,
+            between=(0.1, 300),
+            doc="connect timeout, and read timeout of list pages, in seconds",
+        ),
+        Field(
+            "backoff_initial",
+            "number",
+            0.5,
+            between=(0.01, 60),
+            doc="first retry delay after an error, in seconds",
+        ),
+        Field(
+            "backoff_max",
+            "number",
+            30,
+            between=(0.01, 600),
+            doc='cap of the retry delay. The delay doubles per consecutive failure, with "equal '
+            'jitter": half fixed, half random',
+        ),
+    ),
+)
+
+SCHEMA: dict[str, Any] = FIELDS.record()
 
 
 @dataclass(frozen=True)
@@ -89,8 +161,8 @@ class KubernetesSettings:
     ca_file: str | None = None
     kubeconfig: str | None = None
     context: str | None = None
-    watch_identities: bool = False
-    max_stale: float = 15.0
+    watch_identities: bool = FIELDS.default("watch_identities")
+    max_stale: float = FIELDS.default("max_stale")
     watch: WatchSettings = field(default_factory=WatchSettings)
 
 
@@ -100,7 +172,9 @@ def _optional(record: Mapping[str, Any], name: str) -> str | None:
 
 
 def parse_settings(record: Mapping[str, Any]) -> KubernetesSettings:
-    defaults = KubernetesSettings()
+    def setting(name: str) -> Any:
+        return FIELDS.value(record, name)
+
     try:
         settings = KubernetesSettings(
             api_url=_optional(record, "api_url"),
@@ -108,18 +182,14 @@ def parse_settings(record: Mapping[str, Any]) -> KubernetesSettings:
             ca_file=_optional(record, "ca_file"),
             kubeconfig=_optional(record, "kubeconfig"),
             context=_optional(record, "context"),
-            watch_identities=bool(record.get("watch_identities") or False),
-            max_stale=float(record.get("max_stale") or defaults.max_stale),
+            watch_identities=bool(setting("watch_identities")),
+            max_stale=float(setting("max_stale")),
             watch=WatchSettings(
-                page_size=int(record.get("page_size") or defaults.watch.page_size),
-                watch_timeout=int(record.get("watch_timeout") or defaults.watch.watch_timeout),
-                request_timeout=float(
-                    record.get("request_timeout") or defaults.watch.request_timeout
-                ),
-                backoff_initial=float(
-                    record.get("backoff_initial") or defaults.watch.backoff_initial
-                ),
-                backoff_max=float(record.get("backoff_max") or defaults.watch.backoff_max),
+                page_size=int(setting("page_size")),
+                watch_timeout=int(setting("watch_timeout")),
+                request_timeout=float(setting("request_timeout")),
+                backoff_initial=float(setting("backoff_initial")),
+                backoff_max=float(setting("backoff_max")),
             ),
         )
     except (TypeError, ValueError) as error:

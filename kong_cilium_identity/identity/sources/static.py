@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.address import IPNetwork, parse_address, parse_network
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
@@ -32,19 +33,29 @@ _ENTRY_FIELDS: list[dict[str, Any]] = [
     {"cluster": {"type": "string"}},
 ]
 
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "fields": [
-        {
-            "entries": {
-                "type": "array",
-                "default": [],
-                "elements": {"type": "record", "fields": _ENTRY_FIELDS},
-            }
-        },
-        {"file": {"type": "string", "description": "YAML or JSON list of entries"}},
-    ],
-}
+FIELDS = Group(
+    NAME,
+    (
+        Field(
+            "entries",
+            "array",
+            (),
+            elements={"type": "record", "fields": _ENTRY_FIELDS},
+            doc="`[{address, id, labels, namespace, pod, pod_uid, service_account, cluster}]`; "
+            "`address` is an IP or CIDR, the most specific entry wins; namespace / service "
+            "account / cluster default to the Cilium labels",
+        ),
+        Field(
+            "file",
+            "string",
+            description="YAML or JSON list of entries",
+            doc="YAML or JSON file with a list of the same entries (or `{entries: [...]}`), "
+            "read when the instance starts",
+        ),
+    ),
+)
+
+SCHEMA: dict[str, Any] = FIELDS.record()
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ def _load_file(path: str) -> list[Mapping[str, Any]]:
 
 
 def parse_settings(record: Mapping[str, Any]) -> StaticSettings:
-    inline = record.get("entries") or []
+    inline = FIELDS.value(record, "entries")
     raw: list[tuple[str, Mapping[str, Any]]] = [
         (f"static.entries[{index}]", entry) for index, entry in enumerate(inline)
     ]
