@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kong_cilium_identity import PLUGIN_NAME
 from kong_cilium_identity.hosting import DEFAULT_EVENT_DEADLINE
+from kong_cilium_identity.kong_contract import PLUGIN_NAME
 
 if TYPE_CHECKING:
     from kong_cilium_identity.server.socket_file import SocketFile
@@ -193,7 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
         socket_path = Path(args.kong_prefix) / args.socket_name
         serve_metrics(args.metrics_port, args.metrics_address, socket_path)
     if args.preload_config:
-        from kong_cilium_identity.identity.sources import ConfigError
+        from kong_cilium_identity.errors import ConfigError
         from kong_cilium_identity.readiness import preload
 
         try:
@@ -253,7 +253,7 @@ def _explain(args: argparse.Namespace) -> int:
     import yaml
 
     from kong_cilium_identity.decision import Consumer
-    from kong_cilium_identity.identity.sources import ConfigError
+    from kong_cilium_identity.errors import ConfigError
     from kong_cilium_identity.tools import explain, load_config, plugin_configs
 
     configs = plugin_configs(yaml.safe_load(args.config.read_text(encoding="utf-8")))

@@ -21,8 +21,9 @@ from typing import Any
 import msgpack
 import yaml
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.resolver import RESOLVERS, SOURCES, Resolver
-from kong_cilium_identity.identity.sources import ConfigError, Source
+from kong_cilium_identity.identity.sources import Source
 from kong_cilium_identity.server import protocol
 
 HEALTH_TIMEOUT = 0.8  # below the kubelet's default probe timeout of 1 s

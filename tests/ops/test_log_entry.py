@@ -21,8 +21,8 @@ from kong_cilium_identity.identity.resolver import (
     ResolverSettings,
 )
 from kong_cilium_identity.schema import Config, parse_config
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from kong_cilium_identity.token import TokenVerifier
+from tests.kit.fake_issuer import FakeIssuer
 from tests.ops.companion import CompanionKong, PdkOnlyKong
 
 CHECKOUT_IP = "10.0.1.200"

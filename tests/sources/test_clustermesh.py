@@ -22,8 +22,8 @@ from kong_cilium_identity.identity.sources.hubble_flows import read_lookup_strea
 from kong_cilium_identity.identity.sources.static import StaticSource
 from kong_cilium_identity.identity.sources.static import parse_settings as static_settings
 from kong_cilium_identity.proto.observer import observer_pb2
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import make_flow
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_relay import make_flow
 
 EAST_ID = (5 << 16) | 1234  # cluster id 5 in bits 16-23
 WEST_ID = (6 << 16) | 1234

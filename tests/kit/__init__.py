@@ -4,7 +4,7 @@
 plugin server process; it is built from ``msgpack_rpc`` (Kong's RPC client and Lua-value
 encoding), ``kong_schema`` (Kong's schema rules) and ``pdk`` (the PDK functions)::
 
-    from kong_cilium_identity.testing.kong import KongHarness, KongRequest
+    from tests.kit.kong import KongHarness, KongRequest
 
     with KongHarness(query_cmd=[py, plugin, "--dump"],
                      start_cmd=[py, plugin, "--kong-prefix", str(prefix),
