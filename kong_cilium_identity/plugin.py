@@ -16,10 +16,10 @@ import weakref
 from typing import Any
 
 from kong_cilium_identity import __version__, hosting
-from kong_cilium_identity.access import KongSide, handle_access
 from kong_cilium_identity.budget import timeout_violations
 from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.resolver import RESOLVERS
+from kong_cilium_identity.kong.access import KongSide, handle_access
 from kong_cilium_identity.kong_contract import PLUGIN_NAME
 from kong_cilium_identity.kong_contract import plugin_info as build_plugin_info
 from kong_cilium_identity.schema import config_fields, parse_config

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kong_cilium_identity import metrics
+from kong_cilium_identity.ops import metrics
 from kong_cilium_identity.server import protocol
 from kong_cilium_identity.server.events import (
     Event,

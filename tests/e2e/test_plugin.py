@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.kong_schema import ConfigRejected
+from kong_cilium_identity.kong.kong_schema import ConfigRejected
 from tests.kit.kong import KongHarness, KongRequest, Outcome
 
 CHECKOUT_IP = "10.0.1.200"

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kong_cilium_identity.kong_schema import (
+from kong_cilium_identity.kong.kong_schema import (
     ConfigRejected,
     SchemaError,
     config_field,

@@ -7,7 +7,7 @@ from typing import Any
 
 from kong_cilium_identity.identity.cep_index import EndpointIndex
 from kong_cilium_identity.identity.model import LookupStatus
-from kong_cilium_identity.labels import Label
+from kong_cilium_identity.policy.labels import Label
 from tests.kit.fake_kube import cilium_endpoint, cilium_identity
 from tests.kubernetes.helpers import wluo_endpoint
 

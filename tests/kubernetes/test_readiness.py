@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kong_cilium_identity.readiness import loop_health
+from kong_cilium_identity.ops.readiness import loop_health
 from tests.e2e.conftest import running_server
 from tests.kit.fake_kube import (
     FakeKubeApi,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.packaging.imports import PACKAGE, cycles, import_graph, modules
+from tests.packaging.imports import PACKAGE, cycles, every_import, import_graph, modules
 
 NEUTRAL = {
     f"{PACKAGE}.errors": "ConfigError",
@@ -28,7 +28,7 @@ def test_the_graph_follows_relative_and_submodule_imports() -> None:
     assert f"{PACKAGE}.server.protocol" in graph[f"{PACKAGE}.server.events"]
     assert f"{PACKAGE}.kong_contract" in graph[f"{PACKAGE}.server.protocol"]
     # a type-only import is not an edge: mypy sees it, the interpreter never runs it
-    assert f"{PACKAGE}.readiness" not in graph[f"{PACKAGE}.metrics"]
+    assert f"{PACKAGE}.ops.readiness" not in graph[f"{PACKAGE}.ops.metrics"]
 
 
 def test_neutral_modules_import_no_subsystem() -> None:
@@ -36,3 +36,37 @@ def test_neutral_modules_import_no_subsystem() -> None:
     assert set(NEUTRAL) <= set(modules())
     for name in NEUTRAL:
         assert graph[name] == set(), f"{name} must import nothing from the package"
+
+
+POLICY_MAY_NOT_IMPORT = (
+    "kong_pdk",
+    "grpc",
+    "kubernetes",
+    "socket",
+    "urllib",
+    "http",
+    f"{PACKAGE}.kong",
+    f"{PACKAGE}.server",
+    f"{PACKAGE}.ops",
+    f"{PACKAGE}.token",
+    f"{PACKAGE}.identity.sources",
+    f"{PACKAGE}.identity.resolver",
+)
+
+
+def test_policy_is_pure() -> None:
+    """policy/ decides from values: no Kong, no gRPC, no Kubernetes, no sockets."""
+    policy = {name: module for name, module in modules().items() if ".policy" in name}
+    assert f"{PACKAGE}.policy.decision" in policy
+    found = {
+        name: sorted(
+            imported
+            for imported in every_import(module)
+            if any(
+                imported == banned or imported.startswith(banned + ".")
+                for banned in POLICY_MAY_NOT_IMPORT
+            )
+        )
+        for name, module in policy.items()
+    }
+    assert {name: names for name, names in found.items() if names} == {}

@@ -19,7 +19,7 @@ SHIPPED = (
     f"{GUARD}/schema.lua",
     f"{GUARD}/extension.lua",
     f"{PACKAGE}/plugin.py",
-    f"{PACKAGE}/kong_schema.py",
+    f"{PACKAGE}/kong/kong_schema.py",
 )
 
 
@@ -89,7 +89,7 @@ def test_the_test_only_rule_catches_the_kit() -> None:
     assert _test_only(f"{PACKAGE}/testing/kong.py")
     assert _test_only(f"{PACKAGE}/kit/pdk.py")
     assert _test_only(f"{PACKAGE}/fake_relay.py")
-    assert not _test_only(f"{PACKAGE}/kong_schema.py")
+    assert not _test_only(f"{PACKAGE}/kong/kong_schema.py")
 
 
 def test_no_runtime_module_imports_tests_or_a_fake() -> None:
@@ -111,4 +111,4 @@ def test_no_runtime_module_imports_tests_or_a_fake() -> None:
 def test_the_test_kit_lives_outside_the_package() -> None:
     assert not (ROOT / PACKAGE / "testing").exists()
     assert (ROOT / "tests" / "kit" / "fake_issuer.py").is_file()
-    assert Path(ROOT / PACKAGE / "kong_schema.py").is_file()
+    assert Path(ROOT / PACKAGE / "kong" / "kong_schema.py").is_file()

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.agent import AgentSource
 from kong_cilium_identity.identity.sources.agent import parse_settings as agent_settings
 from kong_cilium_identity.identity.sources.hubble_flows import read_lookup_stream
 from kong_cilium_identity.identity.sources.static import StaticSource
 from kong_cilium_identity.identity.sources.static import parse_settings as static_settings
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.proto.observer import observer_pb2
 from tests.kit.fake_agent import FakeAgent
 from tests.kit.fake_relay import make_flow

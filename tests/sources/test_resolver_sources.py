@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import LookupStatus, Peer
 from kong_cilium_identity.identity.resolver import (
     RESOLVERS,
@@ -27,6 +26,7 @@ from kong_cilium_identity.identity.resolver import (
 )
 from kong_cilium_identity.identity.sources import SOURCE_KINDS
 from kong_cilium_identity.identity.sources.hubble import CHANNELS
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
 from tests.kit.fake_agent import FakeAgent
 from tests.kit.fake_relay import FakeRelay, make_flow
 

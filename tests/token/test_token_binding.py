@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.decision import ClaimRule, Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import Identity, Lookup
+from kong_cilium_identity.policy.decision import ClaimRule, Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.token import (
     ConsumerClaim,
     KeyStore,

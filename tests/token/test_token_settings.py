@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kong_cilium_identity.errors import ConfigError
-from kong_cilium_identity.kong_schema import check_field, validate_config
+from kong_cilium_identity.kong.kong_schema import check_field, validate_config
 from kong_cilium_identity.token import DISABLED, SCHEMA, parse_settings
 from tests.kit.fake_issuer import FakeIssuer
 from tests.token.conftest import record

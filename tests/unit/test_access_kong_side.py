@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.kong_schema import config_field, validate_config
+from kong_cilium_identity.kong.kong_schema import config_field, validate_config
 from kong_cilium_identity.plugin import Plugin, plugin_info
 
 CHECKOUT_IP = "10.0.1.200"

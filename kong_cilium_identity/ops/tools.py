@@ -16,15 +16,15 @@ from typing import Any
 import yaml
 
 from kong_cilium_identity.budget import timeout_violations
-from kong_cilium_identity.decision import Consumer, Decision, Facts, decide
 from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.hosting import DEFAULT_EVENT_DEADLINE
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.resolver import RESOLVERS
+from kong_cilium_identity.kong.kong_schema import ConfigRejected, config_field, validate_config
 from kong_cilium_identity.kong_contract import GUARD_NAME
-from kong_cilium_identity.kong_schema import ConfigRejected, config_field, validate_config
 from kong_cilium_identity.plugin import name, plugin_info
+from kong_cilium_identity.policy.decision import Consumer, Decision, Facts, decide
 from kong_cilium_identity.schema import Config, parse_config
 
 

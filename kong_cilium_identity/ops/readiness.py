@@ -102,7 +102,7 @@ def preload(path: Path) -> int:
     """Start the sources of every cilium-identity plugin config in ``path`` (a plugin
     config, or a kong.yaml) and hold them for the life of the process. Plugin instances
     Kong starts later with the same settings share them. Returns how many were found."""
-    from kong_cilium_identity.tools import load_config, plugin_configs
+    from kong_cilium_identity.ops.tools import load_config, plugin_configs
 
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -28,11 +28,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from kong_cilium_identity import __version__
-from kong_cilium_identity.decision import Decision, Reason
 from kong_cilium_identity.identity.model import Lookup, LookupStatus
+from kong_cilium_identity.policy.decision import Decision, Reason
 
 if TYPE_CHECKING:  # readiness imports the sources, whose modules record metrics here
-    from kong_cilium_identity.readiness import Verdict
+    from kong_cilium_identity.ops.readiness import Verdict
 
 PREFIX = "cilium_identity_"
 MODES = ("enforce", "monitor")
@@ -363,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._verdict(self.server.health())
         elif path == "/readyz":
-            from kong_cilium_identity.readiness import sources_readiness
+            from kong_cilium_identity.ops.readiness import sources_readiness
 
             self._verdict(sources_readiness())
         else:
@@ -396,7 +396,7 @@ def serve_metrics(port: int, address: str, socket_path: Path) -> ThreadingHTTPSe
     """Serve /metrics, /healthz and /readyz on ``address:port`` from a daemon thread.
 
     ``socket_path`` is the plugin socket /healthz sends its GetStatus probe to."""
-    from kong_cilium_identity.readiness import loop_health
+    from kong_cilium_identity.ops.readiness import loop_health
 
     server = _MetricsServer((address, port), lambda: loop_health(socket_path))
     threading.Thread(

@@ -31,12 +31,13 @@ from typing import Any
 
 import jwt
 
-from kong_cilium_identity import metrics, pdk, tracing
-from kong_cilium_identity.decision import Consumer, Decision, Facts, Reason, decide, deny
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver
+from kong_cilium_identity.kong import pdk
 from kong_cilium_identity.kong_contract import APPLY_METHOD, FACTS_METHOD, JWT_CTX_KEY, pdk_method
+from kong_cilium_identity.ops import metrics, tracing
+from kong_cilium_identity.policy.decision import Consumer, Decision, Facts, Reason, decide, deny
 from kong_cilium_identity.schema import Config, IpSource, Mode
 from kong_cilium_identity.text import valid_text
 from kong_cilium_identity.token import (
