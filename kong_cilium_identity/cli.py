@@ -188,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 2
     if args.metrics_port:
-        from kong_cilium_identity.ops.metrics import serve_metrics
+        from kong_cilium_identity.ops.endpoint import serve_metrics
 
         socket_path = Path(args.kong_prefix) / args.socket_name
         serve_metrics(args.metrics_port, args.metrics_address, socket_path)

@@ -82,8 +82,9 @@ def every_import(module: Module) -> set[str]:
     return names
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports when it is imported.
+def import_graph(*, lazy: bool = False) -> dict[str, set[str]]:
+    """Module -> the package modules it imports when it is imported (with ``lazy``: also
+    inside functions and under ``if TYPE_CHECKING``).
 
     ``from p import n`` is an edge to ``p.n`` when that is a module, and to ``p`` otherwise;
     importing a submodule also runs its parent packages, which is no edge of the importer's
@@ -93,7 +94,13 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, module in known.items():
         edges: set[str] = set()
-        for node in _top_level(_tree(module).body):
+        tree = _tree(module)
+        statements = (
+            [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+            if lazy
+            else _top_level(tree.body)
+        )
+        for node in statements:
             if isinstance(node, ast.Import):
                 edges.update(alias.name for alias in node.names)
                 continue
