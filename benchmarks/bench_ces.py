@@ -25,16 +25,20 @@ import ipaddress
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kong_cilium_identity.identity.cep_index import EndpointIndex
-from kong_cilium_identity.identity.cep_watch import ListWatch, WatchSettings, decode
-from kong_cilium_identity.identity.model import Peer
-from kong_cilium_identity.identity.sources.kubernetes import create, parse_settings
-from kong_cilium_identity.testing.fake_kube import (
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kong_cilium_identity.identity.cep_index import EndpointIndex  # noqa: E402
+from kong_cilium_identity.identity.cep_watch import ListWatch, WatchSettings, decode  # noqa: E402
+from kong_cilium_identity.identity.model import Peer  # noqa: E402
+from kong_cilium_identity.identity.sources.kubernetes import create, parse_settings  # noqa: E402
+from tests.kit.fake_kube import (  # noqa: E402
     FakeKubeApi,
     cilium_endpoint_slice,
     cilium_identity,

@@ -15,9 +15,6 @@ from unittest import mock
 
 from prometheus_client import REGISTRY, generate_latest
 
-from kong_cilium_identity import metrics
-from kong_cilium_identity.access import log_entry
-from kong_cilium_identity.decision import Consumer, Decision, Reason
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import (
     CachedSource,
@@ -25,6 +22,9 @@ from kong_cilium_identity.identity.resolver import (
     Resolver,
     ResolverSettings,
 )
+from kong_cilium_identity.kong.access import log_entry
+from kong_cilium_identity.ops import metrics
+from kong_cilium_identity.policy.decision import Consumer, Decision, Reason
 from kong_cilium_identity.schema import parse_config
 
 IDENTITY = Identity.build(

@@ -5,7 +5,7 @@
 
 One server process (ours, full cilium-identity plugin, static source: the cache-hit path,
 with the cilium-identity-guard companion's facts: 3 RPCs per event), one victim client
-(``kong_cilium_identity.testing.kong_load``, the same client in every case). Rounds
+(``tests.kit.kong_load``, the same client in every case). Rounds
 alternate between no peers and ``--peers``
 non-reading peers; the median round of each case is shown. The peers run in their own
 process: each sends requests as fast as the socket takes them, never reads a reply, and
@@ -32,9 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kong_cilium_identity.testing.fake_agent import FakeAgent  # noqa: E402
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest  # noqa: E402
-from kong_cilium_identity.testing.kong_load import KongLoad, LoadRequest, LoadResult  # noqa: E402
+from tests.kit.fake_agent import FakeAgent  # noqa: E402
+from tests.kit.kong import KongHarness, KongRequest  # noqa: E402
+from tests.kit.kong_load import KongLoad, LoadRequest, LoadResult  # noqa: E402
 
 LAUNCH = ROOT / "tests" / "server" / "launch.py"
 FULL = ROOT / "kong_cilium_identity" / "plugin.py"

@@ -3,7 +3,7 @@
 
     python benchmarks/bench_server.py [--events 20000] [--concurrency 8] [--soak 1000000]
 
-Every case uses the same lean Kong-side client (``kong_cilium_identity.testing.kong_load``)
+Every case uses the same lean Kong-side client (``tests.kit.kong_load``)
 on the same machine, one server process at a time:
 
   (a) stock kong-pdk, threads mode, no-op plugin (0 PDK calls)
@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kong_cilium_identity.testing.kong import KongHarness  # noqa: E402
-from kong_cilium_identity.testing.kong_load import KongLoad, LoadRequest, LoadResult  # noqa: E402
+from tests.kit.kong import KongHarness  # noqa: E402
+from tests.kit.kong_load import KongLoad, LoadRequest, LoadResult  # noqa: E402
 
 LAUNCH = ROOT / "tests" / "server" / "launch.py"
 NOOP = ROOT / "tests" / "server" / "plugins" / "noop_plugin.py"

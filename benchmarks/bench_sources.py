@@ -14,21 +14,25 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from kong_cilium_identity.identity.model import LookupStatus, Peer
-from kong_cilium_identity.identity.resolver import RESOLVERS, CacheSettings, ResolverSettings
-from kong_cilium_identity.identity.sources import SOURCE_KINDS
-from kong_cilium_identity.identity.sources.agent import AgentSource
-from kong_cilium_identity.identity.sources.agent import parse_settings as agent_settings
-from kong_cilium_identity.identity.sources.hubble import HubbleSource
-from kong_cilium_identity.identity.sources.hubble import parse_settings as hubble_settings
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import FakeRelay, make_flow
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kong_cilium_identity.identity.model import LookupStatus, Peer  # noqa: E402
+from kong_cilium_identity.identity.resolver import RESOLVERS, CacheSettings, ResolverSettings  # noqa: E402
+from kong_cilium_identity.identity.sources import SOURCE_KINDS  # noqa: E402
+from kong_cilium_identity.identity.sources.agent import AgentSource  # noqa: E402
+from kong_cilium_identity.identity.sources.agent import parse_settings as agent_settings  # noqa: E402
+from kong_cilium_identity.identity.sources.hubble import HubbleSource  # noqa: E402
+from kong_cilium_identity.identity.sources.hubble import parse_settings as hubble_settings  # noqa: E402
+from tests.kit.fake_agent import FakeAgent  # noqa: E402
+from tests.kit.fake_relay import FakeRelay, make_flow  # noqa: E402
 
 LABELS = ["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]
 WORKLOADS = 200  # distinct caller addresses known to the fakes

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
-from kong_cilium_identity.token import KeyStore, TokenSettings, Verified, parse_settings, verify
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kong_cilium_identity.token import KeyStore, TokenSettings, Verified, parse_settings, verify  # noqa: E402
+from tests.kit.fake_issuer import FakeIssuer  # noqa: E402
 
 ROUNDS = 2000
 

@@ -2,8 +2,6 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-PLUGIN_NAME = "cilium-identity"
-
 try:
     __version__ = version("kong-cilium-identity")
 except PackageNotFoundError:  # running from a source tree that was never installed

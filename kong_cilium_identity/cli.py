@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kong_cilium_identity import PLUGIN_NAME
 from kong_cilium_identity.hosting import DEFAULT_EVENT_DEADLINE
+from kong_cilium_identity.kong_contract import PLUGIN_NAME
 
 if TYPE_CHECKING:
     from kong_cilium_identity.server.socket_file import SocketFile
@@ -188,13 +188,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 2
     if args.metrics_port:
-        from kong_cilium_identity.metrics import serve_metrics
+        from kong_cilium_identity.ops.endpoint import serve_metrics
 
         socket_path = Path(args.kong_prefix) / args.socket_name
         serve_metrics(args.metrics_port, args.metrics_address, socket_path)
     if args.preload_config:
-        from kong_cilium_identity.identity.sources import ConfigError
-        from kong_cilium_identity.readiness import preload
+        from kong_cilium_identity.errors import ConfigError
+        from kong_cilium_identity.ops.readiness import preload
 
         try:
             preload(args.preload_config)
@@ -231,7 +231,7 @@ def _run_server(args: argparse.Namespace, socket_file: SocketFile) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kong_cilium_identity.tools import validate
+    from kong_cilium_identity.ops.tools import validate
 
     lines = validate(args.file)
     print("\n".join(lines))
@@ -239,7 +239,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from kong_cilium_identity.lua_schema import plugin_schema_lua
+    from kong_cilium_identity.kong.lua_schema import plugin_schema_lua
     from kong_cilium_identity.plugin import plugin_info
 
     if args.lua:
@@ -252,9 +252,9 @@ def _schema(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import yaml
 
-    from kong_cilium_identity.decision import Consumer
-    from kong_cilium_identity.identity.sources import ConfigError
-    from kong_cilium_identity.tools import explain, load_config, plugin_configs
+    from kong_cilium_identity.errors import ConfigError
+    from kong_cilium_identity.ops.tools import explain, load_config, plugin_configs
+    from kong_cilium_identity.policy.decision import Consumer
 
     configs = plugin_configs(yaml.safe_load(args.config.read_text(encoding="utf-8")))
     if len(configs) != 1:

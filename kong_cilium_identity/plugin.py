@@ -15,11 +15,13 @@ import threading
 import weakref
 from typing import Any
 
-from kong_cilium_identity import PLUGIN_NAME, __version__, hosting
-from kong_cilium_identity.access import KongSide, handle_access
+from kong_cilium_identity import __version__, hosting
 from kong_cilium_identity.budget import timeout_violations
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.resolver import RESOLVERS
-from kong_cilium_identity.identity.sources import ConfigError
+from kong_cilium_identity.kong.access import KongSide, handle_access
+from kong_cilium_identity.kong_contract import PLUGIN_NAME
+from kong_cilium_identity.kong_contract import plugin_info as build_plugin_info
 from kong_cilium_identity.schema import config_fields, parse_config
 from kong_cilium_identity.token import TokenVerifier
 
@@ -109,13 +111,4 @@ def _release(resolver_settings: Any, verifier: TokenVerifier | None) -> None:
 
 def plugin_info() -> dict[str, Any]:
     """The entry Kong's ``query_cmd`` expects (kong-pdk's GetPluginInfo shape)."""
-    return {
-        "Name": name,
-        "Version": version,
-        "Priority": priority,
-        "Phases": ["access"],
-        "Schema": {
-            "name": name,
-            "fields": [{"config": {"type": "record", "fields": Schema}}],
-        },
-    }
+    return build_plugin_info(name, version, priority, ["access"], Schema)

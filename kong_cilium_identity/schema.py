@@ -15,11 +15,12 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kong_cilium_identity.decision import Policy
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.resolver import CacheSettings, ResolverSettings
-from kong_cilium_identity.identity.sources import SOURCE_KINDS, ConfigError
-from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.identity.sources import SOURCE_KINDS
+from kong_cilium_identity.policy.decision import Policy
+from kong_cilium_identity.policy.labels import LabelError
 from kong_cilium_identity.token import SCHEMA as TOKEN_SCHEMA
 from kong_cilium_identity.token import TokenSettings, claim_rules_for
 from kong_cilium_identity.token import parse_settings as parse_token_settings

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from kong_cilium_identity import metrics
+from kong_cilium_identity.ops import metrics
 
 log = logging.getLogger(__name__)
 

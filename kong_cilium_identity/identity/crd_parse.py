@@ -23,7 +23,7 @@ from kong_cilium_identity.identity.model import (
     Identity,
     Lookup,
 )
-from kong_cilium_identity.labels import Label, LabelError, parse_label
+from kong_cilium_identity.policy.labels import Label, LabelError, parse_label
 
 log = logging.getLogger(__name__)
 

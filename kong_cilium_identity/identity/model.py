@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kong_cilium_identity.labels import Label, parse_label
+from kong_cilium_identity.policy.labels import Label, parse_label
 
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 SERVICE_ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"

@@ -28,10 +28,10 @@ from dataclasses import dataclass, replace
 
 from cachetools import TLRUCache
 
-from kong_cilium_identity import metrics, tracing
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
-from kong_cilium_identity.identity.shared import SharedPool
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, Source
+from kong_cilium_identity.ops import metrics, tracing
+from kong_cilium_identity.pools import SharedPool
 
 _WORKERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cilium-identity-lookup")
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import queue
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import greenlet
 
 from kong_cilium_identity.server import protocol
-
-if TYPE_CHECKING:
-    from kong_cilium_identity.server.runtime import Worker
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +131,19 @@ class Event:
         if self.lua_style:
             return None, err
         raise self.pdk_error(err)
+
+
+class Worker:
+    """A thread that runs plugin code; at any time exactly one worker owns the loop."""
+
+    __slots__ = ("busy_since", "events", "inbox", "linger_until", "number")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.inbox: queue.SimpleQueue[tuple[Event, Any] | None] = queue.SimpleQueue()
+        self.events: set[Event] = set()
+        self.busy_since: float | None = None
+        self.linger_until = 0.0  # a pool worker waits this long for new events
 
 
 def _run_phase(handler: Callable[[Any], object], event_id: int) -> Callable[[Any], Outcome]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kong_cilium_identity.kong_contract import plugin_info
 from kong_cilium_identity.server import protocol
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ class PluginSpec:
         return [phase for phase in protocol.PHASES if hasattr(self.plugin_cls, phase)]
 
     def info(self) -> dict[str, Any]:
-        return protocol.plugin_info(
-            self.name, self.version, self.priority, self.phases, list(self.schema)
-        )
+        return plugin_info(self.name, self.version, self.priority, self.phases, self.schema)
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from kong_cilium_identity.kong_contract import APPLY_METHOD
+
 REQUEST: Final = 0
 RESPONSE: Final = 1
 
@@ -40,7 +42,7 @@ TERMINAL_METHODS: Final = frozenset({"kong.response.exit", "kong.response.error"
 # Calls that end the plugin's part of the event but that Kong may still answer: the
 # cilium-identity-guard companion's ``apply`` either ends the request inside Kong (no Step
 # follows) or returns, and Kong then sends one more Step, answered with "ret".
-SETTLING_METHODS: Final = frozenset({"kong.cilium_identity.apply"})
+SETTLING_METHODS: Final = frozenset({APPLY_METHOD})
 ENDING_METHODS: Final = TERMINAL_METHODS | SETTLING_METHODS
 # Phases kong-pdk detects on a Plugin class, in kong-pdk's order.
 PHASES: Final = ("certificate", "rewrite", "log", "access", "preread", "response")
@@ -67,19 +69,3 @@ def event_not_found(event_id: object) -> str:
 
 def event_result(event_id: Any, data: Any) -> dict[str, Any]:
     return {"EventId": event_id, "Data": data}
-
-
-def plugin_info(
-    name: str, version: str, priority: int, phases: list[str], schema: list[Any]
-) -> dict[str, Any]:
-    """The GetPluginInfo / ``--dump`` entry (kong-pdk's shape)."""
-    return {
-        "Name": name,
-        "Phases": phases,
-        "Priority": priority,
-        "Version": version,
-        "Schema": {
-            "name": name,
-            "fields": [{"config": {"type": "record", "fields": schema}}],
-        },
-    }

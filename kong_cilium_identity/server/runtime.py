@@ -39,9 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kong_cilium_identity import metrics
+from kong_cilium_identity.ops import metrics
 from kong_cilium_identity.server import protocol
-from kong_cilium_identity.server.events import Event, EventAbandoned, EventTable, Outcome, State
+from kong_cilium_identity.server.events import (
+    Event,
+    EventAbandoned,
+    EventTable,
+    Outcome,
+    State,
+    Worker,
+)
 from kong_cilium_identity.server.instances import Instance, InstanceTable, PluginSpec
 from kong_cilium_identity.server.pdk_bridge import new_kong, pdk_exception
 from kong_cilium_identity.server.transport import NO_MESSAGE, Connection, Listener, Malformed
@@ -88,19 +95,6 @@ class Pending:
         self.timeout_error = timeout_error
         self.since = time.monotonic()
         self.answered = False
-
-
-class Worker:
-    """A thread that runs plugin code; at any time exactly one worker owns the loop."""
-
-    __slots__ = ("busy_since", "events", "inbox", "linger_until", "number")
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.inbox: queue.SimpleQueue[tuple[Event, Any] | None] = queue.SimpleQueue()
-        self.events: set[Event] = set()
-        self.busy_since: float | None = None
-        self.linger_until = 0.0  # a pool worker waits this long for new events
 
 
 class Runtime:

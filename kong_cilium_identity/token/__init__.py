@@ -28,7 +28,6 @@ arguments for ``kong.client.load_consumer`` and a check of the row Kong returns.
 
 from __future__ import annotations
 
-from kong_cilium_identity.identity.sources.base import ConfigError
 from kong_cilium_identity.token.binding import ConsumerClaim, claim_rules_for, consumer_claim
 from kong_cilium_identity.token.keys import KEY_STORES, KeyStore
 from kong_cilium_identity.token.settings import (
@@ -75,7 +74,6 @@ __all__ = [
     "DISABLED",
     "KEY_STORES",
     "SCHEMA",
-    "ConfigError",
     "ConsumerClaim",
     "KeySettings",
     "KeyStore",

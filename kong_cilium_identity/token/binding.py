@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kong_cilium_identity.claims import claim_at
+from kong_cilium_identity.policy.claims import claim_at
 from kong_cilium_identity.token.settings import TokenSettings
 from kong_cilium_identity.token.verify import TokenFailure, TokenReason
 

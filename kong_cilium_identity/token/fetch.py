@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kong_cilium_identity.identity.sources.base import ConfigError
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.token.settings import KeySettings, check_fetch_url
 
 MAX_DOCUMENT_BYTES = 1 << 20

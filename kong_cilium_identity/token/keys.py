@@ -24,8 +24,8 @@ from typing import Any
 
 import jwt
 
-from kong_cilium_identity import metrics
-from kong_cilium_identity.identity.shared import SharedPool
+from kong_cilium_identity.ops import metrics
+from kong_cilium_identity.pools import SharedPool
 from kong_cilium_identity.token.algorithms import SUPPORTED_ALGORITHMS, PublicKey, key_fits
 from kong_cilium_identity.token.fetch import FetchError, fetch_json, resolve_jwks_uri
 from kong_cilium_identity.token.settings import KeySettings, load_public_pem

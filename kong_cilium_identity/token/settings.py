@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
-from kong_cilium_identity.identity.sources.base import ConfigError
 from kong_cilium_identity.token.algorithms import SUPPORTED_ALGORITHMS, PublicKey, key_fits
 
 CONSUMER_BY = ("username", "custom_id", "id")

@@ -24,7 +24,7 @@ from typing import Any
 
 import jwt
 
-from kong_cilium_identity.claims import MISSING, claim_at
+from kong_cilium_identity.policy.claims import MISSING, claim_at
 from kong_cilium_identity.token.algorithms import SUPPORTED_ALGORITHMS
 from kong_cilium_identity.token.keys import KeyStore
 from kong_cilium_identity.token.settings import TokenSettings

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kong_cilium_identity.tools import plugin_configs
+from kong_cilium_identity.ops.tools import plugin_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / ".." / "shared" / "schemas"

@@ -15,9 +15,6 @@ from typing import Any
 import pytest
 import yaml
 
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
-from kong_cilium_identity.testing.fake_relay import FakeRelay, ServerTLS, make_flow
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
 from tests.deploy.helpers import (
     GUARD,
     KONG_YAML,
@@ -31,6 +28,9 @@ from tests.deploy.helpers import (
     shipped_plugin_configs,
 )
 from tests.e2e.conftest import running_server
+from tests.kit.fake_kube import FakeKubeApi, cilium_endpoint
+from tests.kit.fake_relay import FakeRelay, ServerTLS, make_flow
+from tests.kit.kong import KongHarness, KongRequest, Outcome
 from tests.kubernetes.helpers import FAST
 from tests.sources.conftest import TLSMaterial, tls_material
 

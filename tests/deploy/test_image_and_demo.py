@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest
 from tests.deploy.helpers import (
     COMPOSE,
     GUARD,
@@ -29,6 +28,7 @@ from tests.deploy.helpers import (
     load_yaml,
 )
 from tests.e2e.conftest import running_server
+from tests.kit.kong import KongHarness, KongRequest
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 GUARD_SOURCE = "kong_cilium_identity/lua/kong/plugins/cilium-identity-guard/"

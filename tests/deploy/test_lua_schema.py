@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.lua_schema import lua_string, render_schema
+from kong_cilium_identity.kong.kong_schema import config_field, validate_config
+from kong_cilium_identity.kong.lua_schema import lua_string, render_schema
 from kong_cilium_identity.plugin import plugin_info
-from kong_cilium_identity.testing.kong_schema import config_field, validate_config
 from tests.deploy.helpers import ROOT, shipped_plugin_configs
 from tests.deploy.lua_table import LuaSyntaxError, Ref, read_chunk
 

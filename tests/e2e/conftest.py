@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kong_cilium_identity.testing.kong import KongHarness
+from tests.kit.kong import KongHarness
 
 SOCKET = "cilium-identity.socket"
 FAULTY_SERVER = Path(__file__).with_name("faulty_server.py")

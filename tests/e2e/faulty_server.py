@@ -7,7 +7,8 @@ a request through.
 import sys
 from typing import Any
 
-from kong_cilium_identity import access, cli
+from kong_cilium_identity import cli
+from kong_cilium_identity.kong import access
 
 FAULTY_ADDRESS = "10.66.6.6"
 _real_lookup = access._lookup

@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
+from kong_cilium_identity.kong.kong_schema import config_field, validate_config
 from kong_cilium_identity.plugin import plugin_info
 from kong_cilium_identity.schema import parse_config
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest
-from kong_cilium_identity.testing.kong_schema import config_field, validate_config
+from tests.kit.kong import KongHarness, KongRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 

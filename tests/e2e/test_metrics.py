@@ -6,9 +6,9 @@ import socket
 import time
 import urllib.request
 
-from kong_cilium_identity.testing.kong import KongRequest
 from tests.e2e.conftest import running_server
 from tests.e2e.test_plugin import CHECKOUT, CHECKOUT_IP, CONFIG, CREDENTIAL, PAYMENTS_IP
+from tests.kit.kong import KongRequest
 
 
 def free_port() -> int:

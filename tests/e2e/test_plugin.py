@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
-from kong_cilium_identity.testing.kong_schema import ConfigRejected
+from kong_cilium_identity.kong.kong_schema import ConfigRejected
+from tests.kit.kong import KongHarness, KongRequest, Outcome
 
 CHECKOUT_IP = "10.0.1.200"
 PAYMENTS_IP = "10.0.1.201"

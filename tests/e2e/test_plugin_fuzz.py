@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kong_cilium_identity.testing.kong import ConfiguredPlugin, KongHarness, KongRequest
 from tests.e2e.conftest import running_server
+from tests.kit.kong import ConfiguredPlugin, KongHarness, KongRequest
 
 TAG_PREFIX = "cilium-identity:"
 # address -> (identity id, labels)

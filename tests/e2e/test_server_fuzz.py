@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kong_cilium_identity.testing.kong import ConfiguredPlugin, KongHarness, KongRequest
 from tests.e2e.conftest import running_server
 from tests.e2e.wire_fuzz import (
     RawClient,
@@ -30,6 +29,7 @@ from tests.e2e.wire_fuzz import (
     pack,
     same,
 )
+from tests.kit.kong import ConfiguredPlugin, KongHarness, KongRequest
 
 CHECKOUT_IP = "10.0.1.200"
 PAYMENTS_IP = "10.0.1.201"

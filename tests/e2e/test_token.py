@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
+from tests.kit.fake_issuer import FakeIssuer
+from tests.kit.kong import KongHarness, KongRequest, Outcome
 
 POD_A_IP, POD_B_IP, OTHER_NS_IP = "10.0.2.10", "10.0.2.11", "10.0.3.10"
 POD_A_UID = "0f4c7d3e-2b1a-4c5d-9e8f-a1b2c3d4e5f6"

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kong_cilium_identity.testing.kong import ConfiguredPlugin, KongHarness, KongRequest
 from tests.e2e.conftest import running_server
+from tests.kit.kong import ConfiguredPlugin, KongHarness, KongRequest
 
 ISSUER = "https://issuer.test"
 CHECKOUT_IP = "10.0.1.200"

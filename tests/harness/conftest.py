@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kong_cilium_identity.testing.kong import KongHarness
+from tests.kit.kong import KongHarness
 
 PLUGINS = Path(__file__).parent / "plugins"
 MakeHarness = Callable[..., KongHarness]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.kong import DumpRejected, KongHarness
+from tests.kit.kong import DumpRejected, KongHarness
 
 GOOD: dict[str, Any] = {
     "Name": "cilium-identity",

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.kong import KongRequest
 from tests.harness.conftest import MakeHarness, script
+from tests.kit.kong import KongRequest
 
 CONSUMER: dict[str, Any] = {
     "id": "8a1b5c52-6a0e-4c39-9a53-3b8b8f0f6d11",

@@ -9,10 +9,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from kong_cilium_identity.testing.kong import EventLoopRunaway, KongRequest
-from kong_cilium_identity.testing.msgpack_rpc import encode
 from tests.harness.fake_server import FakePluginServer
 from tests.harness.test_wire import _harness
+from tests.kit.kong import EventLoopRunaway, KongRequest
+from tests.kit.msgpack_rpc import encode
 
 
 @pytest.fixture

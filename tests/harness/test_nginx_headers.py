@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kong_cilium_identity.testing.kong import KongHarness
-from kong_cilium_identity.testing.nginx_headers import HeaderList, receive
-from kong_cilium_identity.testing.pdk import KongRequest, Pdk, RequestState
 from tests.harness.fake_server import FakePluginServer
 from tests.harness.test_wire import _harness
+from tests.kit.kong import KongHarness
+from tests.kit.nginx_headers import HeaderList, receive
+from tests.kit.pdk import KongRequest, Pdk, RequestState
 
 FILLERS = [(f"X-Filler-{i}", "f") for i in range(100)]
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.msgpack_rpc import LuaError
-from kong_cilium_identity.testing.pdk import (
+from tests.kit.msgpack_rpc import LuaError
+from tests.kit.pdk import (
     KongRequest,
     Pdk,
     RequestState,

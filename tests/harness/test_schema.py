@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.kong_schema import ConfigRejected, validate_config
+from kong_cilium_identity.kong.kong_schema import ConfigRejected, validate_config
 
 CONFIG: dict[str, Any] = {
     "type": "record",

@@ -12,14 +12,14 @@ from typing import Any
 import msgpack
 import pytest
 
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest
-from kong_cilium_identity.testing.msgpack_rpc import (
+from tests.harness.fake_server import FakePluginServer
+from tests.kit.kong import KongHarness, KongRequest
+from tests.kit.msgpack_rpc import (
     Binary,
     MultiMap,
     RpcClient,
     encode,
 )
-from tests.harness.fake_server import FakePluginServer
 
 DUMP = [
     {

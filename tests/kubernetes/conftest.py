@@ -12,7 +12,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     create,
     parse_settings,
 )
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi
+from tests.kit.fake_kube import FakeKubeApi
 from tests.kubernetes.helpers import FAST, load_real_cep
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.kubernetes import KubernetesSource
-from kong_cilium_identity.testing.fake_kube import cilium_endpoint
+from tests.kit.fake_kube import cilium_endpoint
 from tests.shared_captures import real_capture, shared_path
 
 REAL_CEP = ("k8s-crd", "ciliumendpoint-v1.15.0-rc.1-wcni-kind.json")

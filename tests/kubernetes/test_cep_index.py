@@ -7,8 +7,8 @@ from typing import Any
 
 from kong_cilium_identity.identity.cep_index import EndpointIndex
 from kong_cilium_identity.identity.model import LookupStatus
-from kong_cilium_identity.labels import Label
-from kong_cilium_identity.testing.fake_kube import cilium_endpoint, cilium_identity
+from kong_cilium_identity.policy.labels import Label
+from tests.kit.fake_kube import cilium_endpoint, cilium_identity
 from tests.kubernetes.helpers import wluo_endpoint
 
 POD_UID = "90b353f5-53a1-4d98-8204-8adf1156ecec"

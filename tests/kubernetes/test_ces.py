@@ -19,7 +19,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     parse_settings,
     plan_watches,
 )
-from kong_cilium_identity.testing.fake_kube import (
+from tests.kit.fake_kube import (
     ALL_SERVED,
     FakeKubeApi,
     cilium_endpoint,

@@ -27,7 +27,7 @@ from kong_cilium_identity.identity.crd_parse import (
 )
 from kong_cilium_identity.identity.crd_shapes import MalformedObject
 from kong_cilium_identity.identity.model import Identity, LookupStatus
-from kong_cilium_identity.testing.fake_kube import (
+from tests.kit.fake_kube import (
     FakeKubeApi,
     cilium_endpoint,
     cilium_endpoint_slice,

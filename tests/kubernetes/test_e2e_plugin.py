@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_kube import (
+from tests.e2e.conftest import running_server
+from tests.kit.fake_kube import (
     FakeKubeApi,
     cilium_endpoint,
     cilium_endpoint_slice,
     cilium_identity,
     core_endpoint,
 )
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
-from tests.e2e.conftest import running_server
+from tests.kit.kong import KongHarness, KongRequest, Outcome
 from tests.kubernetes.helpers import FAST, wluo_endpoint
 
 SOCKET = "cilium-identity.socket"

@@ -10,7 +10,7 @@ import pytest
 
 from kong_cilium_identity.identity.model import LookupStatus, Peer
 from kong_cilium_identity.identity.sources.kubernetes import KubernetesSource
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
+from tests.kit.fake_kube import FakeKubeApi, cilium_endpoint
 from tests.kubernetes.conftest import SourceFactory
 from tests.kubernetes.helpers import synced_at, wait_until
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.cep_watch import WatchSettings
-from kong_cilium_identity.identity.sources import SOURCE_KINDS, ConfigError
+from kong_cilium_identity.identity.sources import SOURCE_KINDS
 from kong_cilium_identity.identity.sources.kubernetes import (
     SCHEMA,
     KubernetesSettings,
@@ -19,7 +20,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     create,
     parse_settings,
 )
-from kong_cilium_identity.testing.fake_kube import ALL_SERVED, FakeKubeApi
+from tests.kit.fake_kube import ALL_SERVED, FakeKubeApi
 from tests.kubernetes.helpers import FAST
 from tests.shared_captures import REPO_ROOT
 

@@ -10,15 +10,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kong_cilium_identity.readiness import loop_health
-from kong_cilium_identity.testing.fake_kube import (
+from kong_cilium_identity.ops.readiness import loop_health
+from tests.e2e.conftest import running_server
+from tests.kit.fake_kube import (
     FakeKubeApi,
     cilium_endpoint_slice,
     cilium_identity,
     core_endpoint,
 )
-from kong_cilium_identity.testing.kong import KongRequest
-from tests.e2e.conftest import running_server
+from tests.kit.kong import KongRequest
 from tests.kubernetes.helpers import FAST, wait_until
 from tests.kubernetes.test_e2e_plugin import CHECKOUT, CREDENTIAL
 

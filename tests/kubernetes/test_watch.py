@@ -19,7 +19,7 @@ from kong_cilium_identity.identity.sources.kubernetes import (
     create,
     parse_settings,
 )
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint, cilium_identity
+from tests.kit.fake_kube import FakeKubeApi, cilium_endpoint, cilium_identity
 from tests.kubernetes.conftest import SourceFactory
 from tests.kubernetes.helpers import FAST, ask, found_id, synced_at, wait_until, wluo_endpoint
 

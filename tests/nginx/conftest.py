@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi, cilium_endpoint
+from tests.kit.fake_kube import FakeKubeApi, cilium_endpoint
 from tests.nginx.rig import Declarative, Nginx, PluginServer, missing_reason, run_dump
 from tests.nginx.shipped import CHECKOUT_KEY, CHECKOUT_POD, INSTALLED, REPORTS_POD
 

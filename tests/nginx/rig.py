@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kong_cilium_identity.testing.kong_schema import config_field, validate_config
+from kong_cilium_identity.kong.kong_schema import config_field, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 RIG_LUA = Path(__file__).resolve().parent / "lua"

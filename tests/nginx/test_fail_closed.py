@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_kube import FakeKubeApi
+from tests.kit.fake_kube import FakeKubeApi
 from tests.nginx.conftest import Rig, RigFactory
 from tests.nginx.peers import NonReadingPeer
 from tests.nginx.shipped import (

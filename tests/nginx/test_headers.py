@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
+from tests.kit.fake_issuer import FakeIssuer
 from tests.nginx.conftest import RigFactory
 from tests.nginx.shipped import CHECKOUT_KEY, CHECKOUT_POD, PLUGIN, kong_yaml
 

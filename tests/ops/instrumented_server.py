@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Any
 
-from kong_cilium_identity import access, cli, plugin
+from kong_cilium_identity import cli, plugin
 from kong_cilium_identity.identity.model import Lookup
+from kong_cilium_identity.kong import access
 
 FAULTY_ADDRESS = "10.66.6.6"
 SLOW_ADDRESS = "10.77.7.7"

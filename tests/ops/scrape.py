@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from kong_cilium_identity.metrics import PREFIX
+from kong_cilium_identity.ops.metrics import PREFIX
 
 # The series names Prometheus stores for each family type (OpenMetrics suffixes).
 _SUFFIXES = {

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import kong_cilium_identity.metrics  # noqa: F401  (registers every family)
+import kong_cilium_identity.ops.metrics  # noqa: F401  (registers every family)
 from tests.ops.scrape import family_names, names_in, series_names
 
 ROOT = Path(__file__).resolve().parents[2]

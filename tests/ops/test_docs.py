@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-from kong_cilium_identity.access import log_entry
-from kong_cilium_identity.decision import Consumer, Decision, Reason
 from kong_cilium_identity.identity.model import Identity, Lookup
+from kong_cilium_identity.kong.access import log_entry
+from kong_cilium_identity.policy.decision import Consumer, Decision, Reason
 from kong_cilium_identity.schema import parse_config
 from tests.ops.scrape import names_in, series_names
 from tests.ops.test_deploy_files import RECORDED, RULES, assert_balanced

@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.access import handle_access, log_entry
-from kong_cilium_identity.decision import Decision
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import (
     CachedSource,
@@ -20,9 +18,11 @@ from kong_cilium_identity.identity.resolver import (
     Resolver,
     ResolverSettings,
 )
+from kong_cilium_identity.kong.access import handle_access, log_entry
+from kong_cilium_identity.policy.decision import Decision
 from kong_cilium_identity.schema import Config, parse_config
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from kong_cilium_identity.token import TokenVerifier
+from tests.kit.fake_issuer import FakeIssuer
 from tests.ops.companion import CompanionKong, PdkOnlyKong
 
 CHECKOUT_IP = "10.0.1.200"

@@ -15,10 +15,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kong_cilium_identity import __version__
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
 from tests.e2e.conftest import running_server
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_issuer import FakeIssuer
+from tests.kit.kong import KongHarness, KongRequest, Outcome
 from tests.ops import instrumented_server as faults
 from tests.ops.scrape import Samples, family_names, fetch, free_port, parse, value
 

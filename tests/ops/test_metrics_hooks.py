@@ -7,8 +7,8 @@ import threading
 
 from prometheus_client import REGISTRY
 
-from kong_cilium_identity import metrics
 from kong_cilium_identity.identity.model import Lookup
+from kong_cilium_identity.ops import metrics
 
 
 def sample(name: str, **labels: str) -> float | None:

@@ -13,8 +13,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from kong_cilium_identity import tracing
-from kong_cilium_identity.access import facts_request, handle_access
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import (
     RESOLVERS,
@@ -23,6 +21,8 @@ from kong_cilium_identity.identity.resolver import (
     Resolver,
     ResolverSettings,
 )
+from kong_cilium_identity.kong.access import facts_request, handle_access
+from kong_cilium_identity.ops import tracing
 from kong_cilium_identity.schema import Config, parse_config
 from tests.ops.companion import CompanionKong, PdkOnlyKong
 

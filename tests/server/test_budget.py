@@ -14,9 +14,9 @@ import pytest
 from kong_cilium_identity import budget, hosting
 from kong_cilium_identity.identity.sources import SOURCE_KINDS
 from kong_cilium_identity.schema import parse_config
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import FakeRelay
-from kong_cilium_identity.testing.kong import KongRequest
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_relay import FakeRelay
+from tests.kit.kong import KongRequest
 from tests.server.conftest import SERVERS, MakeKong
 
 TOKEN = {

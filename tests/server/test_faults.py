@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
-from kong_cilium_identity.testing.msgpack_rpc import RpcClient
 from tests.harness.conftest import script
+from tests.kit.kong import KongHarness, KongRequest, Outcome
+from tests.kit.msgpack_rpc import RpcClient
 from tests.server.conftest import SERVERS, MakeKong, wait_for_output
 
 FAIL_CLOSED_BODY = "An unexpected error occurred"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgpack
 
-from kong_cilium_identity.testing.kong import KongHarness
 from tests.harness.conftest import script
+from tests.kit.kong import KongHarness
 from tests.server.conftest import MakeKong, wait_for_output
 
 PEERS = 10

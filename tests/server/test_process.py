@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.kong import KongHarness
-from kong_cilium_identity.testing.kong_load import KongLoad, LoadRequest
-from kong_cilium_identity.testing.msgpack_rpc import RpcClient
 from tests.harness.conftest import script
+from tests.kit.kong import KongHarness
+from tests.kit.kong_load import KongLoad, LoadRequest
+from tests.kit.msgpack_rpc import RpcClient
 from tests.server.conftest import SERVERS, SOCKET, MakeKong, commands
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from kong_cilium_identity.server.protocol import FAIL_CLOSED, STEP_VARIANTS
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest
-from kong_cilium_identity.testing.msgpack_rpc import RpcClient, RpcError
 from tests.harness.conftest import script
+from tests.kit.kong import KongHarness, KongRequest
+from tests.kit.msgpack_rpc import RpcClient, RpcError
 from tests.server.conftest import MakeKong, wait_for_output
 
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import FakeRelay
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_relay import FakeRelay
 from tests.shared_captures import SHARED, real_capture, real_captures
 
 # The shared real captures live beside the repository, not in it (tests/shared_captures.py).

@@ -10,7 +10,7 @@ import pytest
 
 from kong_cilium_identity.identity.model import LookupStatus, Peer
 from kong_cilium_identity.identity.sources.agent import AgentSource, parse_settings
-from kong_cilium_identity.testing.fake_agent import FakeAgent
+from tests.kit.fake_agent import FakeAgent
 
 from .conftest import FIXTURES, need_fixture
 

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.agent import AgentSource
 from kong_cilium_identity.identity.sources.agent import parse_settings as agent_settings
 from kong_cilium_identity.identity.sources.hubble_flows import read_lookup_stream
 from kong_cilium_identity.identity.sources.static import StaticSource
 from kong_cilium_identity.identity.sources.static import parse_settings as static_settings
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.proto.observer import observer_pb2
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import make_flow
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_relay import make_flow
 
 EAST_ID = (5 << 16) | 1234  # cluster id 5 in bits 16-23
 WEST_ID = (6 << 16) | 1234

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import FakeRelay, ServerTLS, make_flow
-from kong_cilium_identity.testing.kong import KongHarness, KongRequest, Outcome
 from tests.e2e.conftest import running_server
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_relay import FakeRelay, ServerTLS, make_flow
+from tests.kit.kong import KongHarness, KongRequest, Outcome
 
 from .conftest import TLSMaterial
 

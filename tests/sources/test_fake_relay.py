@@ -7,7 +7,7 @@ import pytest
 
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2, observer_pb2_grpc
-from kong_cilium_identity.testing.fake_relay import FakeRelay, load_jsonl, make_flow
+from tests.kit.fake_relay import FakeRelay, load_jsonl, make_flow
 
 from .conftest import need_hubble_fixtures
 

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources.hubble_flows import lookup_request, read_lookup_stream
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2
-from kong_cilium_identity.testing.fake_relay import FakeRelay, make_flow, wanted
+from tests.kit.fake_relay import FakeRelay, make_flow, wanted
 
 NOW = 1_800_000_000.0
 NODE = "10.244.0.148"

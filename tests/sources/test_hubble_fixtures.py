@@ -23,7 +23,7 @@ from kong_cilium_identity.identity.sources.hubble_flows import (
     seconds,
 )
 from kong_cilium_identity.proto.observer import observer_pb2
-from kong_cilium_identity.testing.fake_relay import load_jsonl
+from tests.kit.fake_relay import load_jsonl
 from tests.shared_captures import absent
 
 from .conftest import FIXTURES, HUBBLE_FIXTURES, need_fixture, need_hubble_fixtures

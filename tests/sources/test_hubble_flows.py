@@ -11,7 +11,7 @@ from kong_cilium_identity.identity.sources.hubble_flows import read_lookup_strea
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2
 from kong_cilium_identity.proto.relay import relay_pb2
-from kong_cilium_identity.testing.fake_relay import make_flow
+from tests.kit.fake_relay import make_flow
 
 NOW = 1_800_000_000.0
 APP = ["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]

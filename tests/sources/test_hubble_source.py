@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
-from kong_cilium_identity.identity.sources.base import ConfigError
 from kong_cilium_identity.identity.sources.hubble import (
     CHANNELS,
     HubbleSource,
@@ -18,7 +18,7 @@ from kong_cilium_identity.identity.sources.hubble import (
 )
 from kong_cilium_identity.identity.sources.hubble_follow import FlowFollower, WarmFlows
 from kong_cilium_identity.proto.observer import observer_pb2
-from kong_cilium_identity.testing.fake_relay import FakeRelay, ServerTLS, make_flow
+from tests.kit.fake_relay import FakeRelay, ServerTLS, make_flow
 
 from .conftest import TLSMaterial
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import LookupStatus, Peer
 from kong_cilium_identity.identity.resolver import (
     RESOLVERS,
@@ -27,8 +26,9 @@ from kong_cilium_identity.identity.resolver import (
 )
 from kong_cilium_identity.identity.sources import SOURCE_KINDS
 from kong_cilium_identity.identity.sources.hubble import CHANNELS
-from kong_cilium_identity.testing.fake_agent import FakeAgent
-from kong_cilium_identity.testing.fake_relay import FakeRelay, make_flow
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
+from tests.kit.fake_agent import FakeAgent
+from tests.kit.fake_relay import FakeRelay, make_flow
 
 CHECKOUT = ["k8s:app=checkout", "k8s:io.kubernetes.pod.namespace=shop"]
 OTHER = ["k8s:app=other", "k8s:io.kubernetes.pod.namespace=shop"]

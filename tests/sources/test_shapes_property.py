@@ -33,8 +33,8 @@ from kong_cilium_identity.identity.sources.agent_json import (
 from kong_cilium_identity.identity.sources.hubble_flows import read_lookup_stream
 from kong_cilium_identity.identity.sources.hubble_json import read_response
 from kong_cilium_identity.proto.observer import observer_pb2
-from kong_cilium_identity.testing.fake_agent import FakeAgent, identity_model, ip_entry
-from kong_cilium_identity.testing.fake_relay import make_flow
+from tests.kit.fake_agent import FakeAgent, identity_model, ip_entry
+from tests.kit.fake_relay import make_flow
 
 from .conftest import FIXTURES, HUBBLE_FIXTURES
 

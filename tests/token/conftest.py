@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from kong_cilium_identity.token import KeyStore, TokenSettings, parse_settings
+from tests.kit.fake_issuer import FakeIssuer
 
 
 def record(fake: FakeIssuer, /, **overrides: Any) -> dict[str, Any]:

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.decision import ClaimRule, Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import Identity, Lookup
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
+from kong_cilium_identity.policy.decision import ClaimRule, Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.token import (
     ConsumerClaim,
     KeyStore,
@@ -21,6 +20,7 @@ from kong_cilium_identity.token import (
     consumer_claim,
     verify,
 )
+from tests.kit.fake_issuer import FakeIssuer
 from tests.token.conftest import settings_for
 
 UID_A = "0f4c6f3e-8a8b-4c52-9d0b-5d7d3c1c0a01"

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from kong_cilium_identity.token import (
     KEY_STORES,
     KeyStore,
@@ -23,6 +22,7 @@ from kong_cilium_identity.token import (
 )
 from kong_cilium_identity.token.fetch import FetchError
 from kong_cilium_identity.token.keys import parse_jwks
+from tests.kit.fake_issuer import FakeIssuer
 from tests.token.conftest import settings_for
 
 OpenStore = Callable[[TokenSettings], KeyStore]

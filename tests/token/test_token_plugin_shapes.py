@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
-from kong_cilium_identity.testing.kong import KongHarness
 from tests.e2e.conftest import running_server
 from tests.e2e.test_token import POD_A_UID, config, send
+from tests.kit.fake_issuer import FakeIssuer
+from tests.kit.kong import KongHarness
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
-from kong_cilium_identity.testing.kong_schema import check_field, validate_config
-from kong_cilium_identity.token import DISABLED, SCHEMA, ConfigError, parse_settings
+from kong_cilium_identity.errors import ConfigError
+from kong_cilium_identity.kong.kong_schema import check_field, validate_config
+from kong_cilium_identity.token import DISABLED, SCHEMA, parse_settings
+from tests.kit.fake_issuer import FakeIssuer
 from tests.token.conftest import record
 
 

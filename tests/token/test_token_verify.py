@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from kong_cilium_identity.testing.fake_issuer import FakeIssuer
 from kong_cilium_identity.token import (
     KeyStore,
     TokenFailure,
@@ -20,6 +19,7 @@ from kong_cilium_identity.token import (
     extract_token,
     verify,
 )
+from tests.kit.fake_issuer import FakeIssuer
 from tests.token.conftest import settings_for
 
 

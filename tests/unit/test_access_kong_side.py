@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from kong_cilium_identity.kong.kong_schema import config_field, validate_config
 from kong_cilium_identity.plugin import Plugin, plugin_info
-from kong_cilium_identity.testing.kong_schema import config_field, validate_config
 
 CHECKOUT_IP = "10.0.1.200"
 PAYMENTS_IP = "10.0.1.201"
@@ -186,7 +186,7 @@ def test_facts_that_are_not_a_table_fall_back_to_plain_pdk(plugin: Plugin) -> No
 
 
 def test_token_consumer_is_loaded_then_authenticated_inside_apply() -> None:
-    from kong_cilium_identity.testing.fake_issuer import FakeIssuer
+    from tests.kit.fake_issuer import FakeIssuer
 
     sa_user = "system:serviceaccount:shop:checkout"
     row = {**CHECKOUT, "username": sa_user}

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.decision import (
+from kong_cilium_identity.identity.model import Identity, Lookup
+from kong_cilium_identity.policy.decision import (
     ClaimRule,
     Consumer,
     Facts,
@@ -13,8 +14,7 @@ from kong_cilium_identity.decision import (
     Reason,
     decide,
 )
-from kong_cilium_identity.identity.model import Identity, Lookup
-from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.policy.labels import LabelError
 
 CHECKOUT = Identity.build(
     48861,

@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kong_cilium_identity.claims import MISSING, claim_at
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus
-from kong_cilium_identity.labels import Label, LabelError
+from kong_cilium_identity.policy.claims import MISSING, claim_at
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
+from kong_cilium_identity.policy.labels import Label, LabelError
 
 PROPERTY_SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]

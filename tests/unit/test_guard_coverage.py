@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.tools import guard_coverage
+from kong_cilium_identity.ops.tools import guard_coverage
 
 PLUGIN = {"name": "cilium-identity"}
 GUARD = {"name": "cilium-identity-guard"}

@@ -13,7 +13,7 @@ from kong_cilium_identity.identity.resolver import (
     Resolver,
     ResolverSettings,
 )
-from kong_cilium_identity.identity.shared import SharedPool
+from kong_cilium_identity.pools import SharedPool
 
 A = Identity.build(50000, ["k8s:app=a"])
 B = Identity.build(50001, ["k8s:app=b"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kong_cilium_identity.identity.sources.base import ConfigError
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.schema import IpSource, Mode, config_fields, parse_config
 
 BASE: dict[str, Any] = {

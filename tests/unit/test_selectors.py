@@ -3,8 +3,8 @@
 import pytest
 
 from kong_cilium_identity.identity.model import Identity
-from kong_cilium_identity.labels import Label, LabelError, parse_label
-from kong_cilium_identity.selectors import any_matches, parse_selector
+from kong_cilium_identity.policy.labels import Label, LabelError, parse_label
+from kong_cilium_identity.policy.selectors import any_matches, parse_selector
 
 CHECKOUT = Identity.build(
     48861,

@@ -26,13 +26,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kong_cilium_identity import schema
-from kong_cilium_identity.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.fields import UNSET, Group, render_default
 from kong_cilium_identity.identity.cep_watch import WatchSettings
 from kong_cilium_identity.identity.model import Peer
 from kong_cilium_identity.identity.resolver import CacheSettings, ResolverSettings
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, agent, hubble, kubernetes, static
 from kong_cilium_identity.plugin import plugin_info
+from kong_cilium_identity.policy.decision import Consumer, Facts, Policy, Reason, decide
 from kong_cilium_identity.schema import parse_config
 from kong_cilium_identity.token import settings as token
 from tests import settings_docs

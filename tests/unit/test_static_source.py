@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.model import LookupStatus, Peer
-from kong_cilium_identity.identity.sources.base import ConfigError
 from kong_cilium_identity.identity.sources.static import create, parse_settings
 
 ENTRIES = [

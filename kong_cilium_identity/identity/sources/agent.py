@@ -42,7 +42,7 @@ from kong_cilium_identity.identity.sources.agent_json import (
 )
 from kong_cilium_identity.identity.sources.base import SourceKind
 from kong_cilium_identity.identity.sources.unix_http import UnixHTTPPool
-from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.policy.labels import LabelError
 
 log = logging.getLogger(__name__)
 

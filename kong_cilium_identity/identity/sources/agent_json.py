@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kong_cilium_identity.identity.address import IPNetwork, parse_network
-from kong_cilium_identity.labels import LabelError, parse_label
+from kong_cilium_identity.policy.labels import LabelError, parse_label
 
 MAX_IDENTITY = (1 << 32) - 1
 

@@ -9,10 +9,6 @@ from typing import Any, Protocol
 from kong_cilium_identity.identity.model import Lookup, Peer
 
 
-class ConfigError(ValueError):
-    """Plugin configuration that cannot be used; the message is shown to the operator."""
-
-
 class Source(Protocol):
     """Maps a peer address to a Cilium identity.
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import grpc
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Lookup, Peer
-from kong_cilium_identity.identity.shared import SharedPool
-from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
+from kong_cilium_identity.identity.sources.base import SourceKind
 from kong_cilium_identity.identity.sources.hubble_flows import (
     NAME,
     follow_request,
@@ -35,6 +35,7 @@ from kong_cilium_identity.identity.sources.hubble_flows import (
     read_lookup_stream,
 )
 from kong_cilium_identity.identity.sources.hubble_follow import FlowFollower, WarmFlows
+from kong_cilium_identity.pools import SharedPool
 from kong_cilium_identity.proto.observer import observer_pb2_grpc
 
 _STRINGS = {"type": "string"}

@@ -39,7 +39,7 @@ from kong_cilium_identity.identity.sources.hubble_evidence import (
     names_endpoint,
     rejection,
 )
-from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.policy.labels import LabelError
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2
 from kong_cilium_identity.proto.relay import relay_pb2

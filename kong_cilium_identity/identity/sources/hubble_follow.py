@@ -20,7 +20,6 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from kong_cilium_identity import metrics
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.sources.hubble_evidence import Evidence, Witness
 from kong_cilium_identity.identity.sources.hubble_flows import (
@@ -28,7 +27,8 @@ from kong_cilium_identity.identity.sources.hubble_flows import (
     source_address,
     witness_of,
 )
-from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.ops import metrics
+from kong_cilium_identity.policy.labels import LabelError
 from kong_cilium_identity.proto.flow import flow_pb2
 from kong_cilium_identity.proto.observer import observer_pb2
 

@@ -28,7 +28,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kong_cilium_identity import metrics
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.cep_index import EndpointIndex
 from kong_cilium_identity.identity.cep_watch import (
@@ -47,7 +47,8 @@ from kong_cilium_identity.identity.crd_discovery import (
 )
 from kong_cilium_identity.identity.crd_parse import canonical_address
 from kong_cilium_identity.identity.model import Lookup, Peer
-from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
+from kong_cilium_identity.identity.sources.base import SourceKind
+from kong_cilium_identity.ops import metrics
 
 NAME = "kubernetes"
 WAIT_LOG_INTERVAL = 10.0

@@ -14,11 +14,12 @@ from typing import Any
 
 import yaml
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.address import IPNetwork, parse_address, parse_network
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
-from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
-from kong_cilium_identity.labels import LabelError
+from kong_cilium_identity.identity.sources.base import SourceKind
+from kong_cilium_identity.policy.labels import LabelError
 
 NAME = "static"
 

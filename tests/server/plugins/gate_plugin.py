@@ -9,7 +9,7 @@ Works in both return conventions.
 
 import time
 
-from kong_cilium_identity import pdk
+from kong_cilium_identity.kong import pdk
 
 version = "0.1.0"
 priority = 1000

@@ -16,15 +16,16 @@ from typing import Any
 import yaml
 
 from kong_cilium_identity.budget import timeout_violations
-from kong_cilium_identity.decision import Consumer, Decision, Facts, decide
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.hosting import DEFAULT_EVENT_DEADLINE
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Lookup, Peer
 from kong_cilium_identity.identity.resolver import RESOLVERS
-from kong_cilium_identity.identity.sources import ConfigError
+from kong_cilium_identity.kong.kong_schema import ConfigRejected, config_field, validate_config
+from kong_cilium_identity.kong_contract import GUARD_NAME
 from kong_cilium_identity.plugin import name, plugin_info
+from kong_cilium_identity.policy.decision import Consumer, Decision, Facts, decide
 from kong_cilium_identity.schema import Config, parse_config
-from kong_cilium_identity.testing.kong_schema import ConfigRejected, config_field, validate_config
 
 
 def plugin_configs(document: Any) -> list[tuple[str, Any]]:
@@ -86,8 +87,6 @@ def validate(path: Path) -> list[str]:
         lines.extend(guard_coverage(document))
     return lines
 
-
-GUARD_NAME = "cilium-identity-guard"
 
 # A scope is () for global, ("service", name) or ("route", name).
 Scope = tuple[str, ...]

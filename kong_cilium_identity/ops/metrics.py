@@ -1,4 +1,4 @@
-"""Prometheus metrics of the plugin server process, and its health and readiness.
+"""Prometheus metrics of the plugin server process.
 
 Every family carries the prefix ``cilium_identity_`` and only bounded labels: reason codes,
 modes, source kinds, resource names, phases. Never an address, a consumer or an identity.
@@ -6,8 +6,7 @@ Recording is cheap (no PDK call, no I/O on the request path); values that alread
 some object (cache sizes, readiness, index sizes, stream state, in-flight events) are read
 when Prometheus scrapes, not kept up to date per request. The families are listed with their
 meaning in docs/metrics.md; they are exposed over HTTP only when ``serve --metrics-port`` is
-given. The same
-listener answers the Kubernetes probes ``/healthz`` and ``/readyz`` (see ``readiness``).
+given (``endpoint``, whose listener also answers the probes ``/healthz`` and ``/readyz``).
 """
 
 from __future__ import annotations
@@ -17,22 +16,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from kong_cilium_identity import __version__
-from kong_cilium_identity.decision import Decision, Reason
 from kong_cilium_identity.identity.model import Lookup, LookupStatus
-
-if TYPE_CHECKING:  # readiness imports the sources, whose modules record metrics here
-    from kong_cilium_identity.readiness import Verdict
+from kong_cilium_identity.policy.decision import Decision, Reason
 
 PREFIX = "cilium_identity_"
 MODES = ("enforce", "monitor")
@@ -353,53 +345,3 @@ def _ready(source: TrackedSource) -> bool:
 
 
 REGISTRY.register(_StateCollector())
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _MetricsServer
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == "/healthz":
-            self._verdict(self.server.health())
-        elif path == "/readyz":
-            from kong_cilium_identity.readiness import sources_readiness
-
-            self._verdict(sources_readiness())
-        else:
-            encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
-            self._send(200, content_type, encoder(REGISTRY))
-
-    def _verdict(self, verdict: Verdict) -> None:
-        self._send(verdict.status, "text/plain; charset=utf-8", f"{verdict.text}\n".encode())
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: probes come every few seconds."""
-
-
-class _MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], health: Callable[[], Verdict]) -> None:
-        super().__init__(address, _Handler)
-        self.health = health
-
-
-def serve_metrics(port: int, address: str, socket_path: Path) -> ThreadingHTTPServer:
-    """Serve /metrics, /healthz and /readyz on ``address:port`` from a daemon thread.
-
-    ``socket_path`` is the plugin socket /healthz sends its GetStatus probe to."""
-    from kong_cilium_identity.readiness import loop_health
-
-    server = _MetricsServer((address, port), lambda: loop_health(socket_path))
-    threading.Thread(
-        target=server.serve_forever, name="cilium-identity-metrics", daemon=True
-    ).start()
-    return server

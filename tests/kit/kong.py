@@ -40,13 +40,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kong_cilium_identity.testing.kong_schema import (
+from kong_cilium_identity.kong.kong_schema import (
     ConfigRejected,
     SchemaError,
     config_field,
     validate_config,
 )
-from kong_cilium_identity.testing.msgpack_rpc import (
+from tests.kit.msgpack_rpc import (
     LuaError,
     RpcClient,
     RpcError,
@@ -55,7 +55,7 @@ from kong_cilium_identity.testing.msgpack_rpc import (
     lua_type,
     step_method,
 )
-from kong_cilium_identity.testing.pdk import (
+from tests.kit.pdk import (
     HTTP_MESSAGES,
     KongRequest,
     Pdk,

@@ -1,10 +1,12 @@
-"""Reusable test kit.
+"""The test kit: never part of the wheel (tests/packaging checks), importable from tests and
+benchmarks as ``tests.kit``.
 
 ``kong`` is a fake Kong 3.9 gateway that speaks the external-plugin wire protocol to a real
 plugin server process; it is built from ``msgpack_rpc`` (Kong's RPC client and Lua-value
-encoding), ``kong_schema`` (Kong's schema rules) and ``pdk`` (the PDK functions)::
+encoding), the runtime's ``kong_cilium_identity.kong.kong_schema`` (Kong's schema rules)
+and ``pdk`` (the PDK functions)::
 
-    from kong_cilium_identity.testing.kong import KongHarness, KongRequest
+    from tests.kit.kong import KongHarness, KongRequest
 
     with KongHarness(query_cmd=[py, plugin, "--dump"],
                      start_cmd=[py, plugin, "--kong-prefix", str(prefix),

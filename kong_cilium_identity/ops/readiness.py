@@ -21,8 +21,9 @@ from typing import Any
 import msgpack
 import yaml
 
+from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.identity.resolver import RESOLVERS, SOURCES, Resolver
-from kong_cilium_identity.identity.sources import ConfigError, Source
+from kong_cilium_identity.identity.sources import Source
 from kong_cilium_identity.server import protocol
 
 HEALTH_TIMEOUT = 0.8  # below the kubelet's default probe timeout of 1 s
@@ -101,7 +102,7 @@ def preload(path: Path) -> int:
     """Start the sources of every cilium-identity plugin config in ``path`` (a plugin
     config, or a kong.yaml) and hold them for the life of the process. Plugin instances
     Kong starts later with the same settings share them. Returns how many were found."""
-    from kong_cilium_identity.tools import load_config, plugin_configs
+    from kong_cilium_identity.ops.tools import load_config, plugin_configs
 
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))

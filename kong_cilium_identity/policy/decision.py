@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kong_cilium_identity.claims import MISSING, claim_at
 from kong_cilium_identity.identity import reserved
 from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus
-from kong_cilium_identity.labels import ANY_SOURCE, Label, LabelError, parse_label
-from kong_cilium_identity.selectors import Selector, any_matches, parse_selector
+from kong_cilium_identity.policy.claims import MISSING, claim_at
+from kong_cilium_identity.policy.labels import ANY_SOURCE, Label, LabelError, parse_label
+from kong_cilium_identity.policy.selectors import Selector, any_matches, parse_selector
 from kong_cilium_identity.text import valid_text
 
 

@@ -1,6 +1,6 @@
 """A lean load generator playing Kong's side of the plugin-server protocol.
 
-:class:`~kong_cilium_identity.testing.kong.KongHarness` models Kong faithfully and is
+:class:`~tests.kit.kong.KongHarness` models Kong faithfully and is
 the tool for behaviour; this client only does what Kong does on the hot path (HandleEvent,
 one ``Step*`` per PDK call, stop at ``kong.response.exit``/``error``) with canned PDK
 answers, so that a benchmark measures the plugin server and not the client. It keeps
@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from kong_cilium_identity.testing.msgpack_rpc import STEP_METHOD
+from tests.kit.msgpack_rpc import STEP_METHOD
 
 TERMINAL = frozenset({"kong.response.exit", "kong.response.error"})
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kong_cilium_identity.identity.model import Identity
-from kong_cilium_identity.labels import ANY_SOURCE, Label, LabelError, parse_label
+from kong_cilium_identity.policy.labels import ANY_SOURCE, Label, LabelError, parse_label
 
 _TERM_SPLIT = re.compile(r"[,;]")
 

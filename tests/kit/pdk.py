@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-from kong_cilium_identity.testing.msgpack_rpc import LuaError, lua_text, lua_type
-from kong_cilium_identity.testing.nginx_headers import (
+from tests.kit.msgpack_rpc import LuaError, lua_text, lua_type
+from tests.kit.nginx_headers import (
     DEFAULT_MAX_HEADERS,
     HeaderInput,
     HeaderList,

@@ -31,11 +31,13 @@ from typing import Any
 
 import jwt
 
-from kong_cilium_identity import metrics, pdk, tracing
-from kong_cilium_identity.decision import Consumer, Decision, Facts, Reason, decide, deny
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver
+from kong_cilium_identity.kong import pdk
+from kong_cilium_identity.kong_contract import APPLY_METHOD, FACTS_METHOD, JWT_CTX_KEY, pdk_method
+from kong_cilium_identity.ops import metrics, tracing
+from kong_cilium_identity.policy.decision import Consumer, Decision, Facts, Reason, decide, deny
 from kong_cilium_identity.schema import Config, IpSource, Mode
 from kong_cilium_identity.text import valid_text
 from kong_cilium_identity.token import (
@@ -48,7 +50,6 @@ from kong_cilium_identity.token import (
 
 log = logging.getLogger("kong_cilium_identity.decision")
 
-KONG_JWT_CTX_KEY = "authenticated_jwt_token"
 # Kong reads at most this many header lines for a plugin (kong.request.get_headers)
 KONG_MAX_HEADERS = 1000
 
@@ -146,7 +147,7 @@ class Exchange:
         """The token Kong's jwt plugin verified (``kong.ctx.shared``), if any."""
         if self.native is not None:
             return _text(self.native.get("jwt"))
-        return pdk.text(pdk.call(self.kong.ctx.shared.get, KONG_JWT_CTX_KEY))
+        return pdk.text(pdk.call(self.kong.ctx.shared.get, JWT_CTX_KEY))
 
 
 def _text(value: Any) -> str | None:
@@ -206,7 +207,7 @@ def _open(
     """The request's first PDK call: the companion's facts when Kong has them."""
     if kong_side.available is False:
         return Exchange(kong)
-    native = pdk.call(kong.cilium_identity.facts, facts_request(config, verifier))
+    native = pdk.call(pdk_method(kong, FACTS_METHOD), facts_request(config, verifier))
     if isinstance(native, Mapping):
         kong_side.available = True
         return Exchange(kong, native)
@@ -361,7 +362,7 @@ def _apply_native(exchange: Exchange, config: Config, decision: Decision) -> Non
         answer["message"] = _client_message(config, decision)
         if decision.response_headers:
             answer["headers"] = dict(decision.response_headers)
-    exchange.kong.cilium_identity.apply(answer)
+    pdk_method(exchange.kong, APPLY_METHOD)(answer)
 
 
 def _apply_pdk(exchange: Exchange, config: Config, decision: Decision) -> None:

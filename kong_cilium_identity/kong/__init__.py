@@ -1,0 +1,1 @@
+"""The Kong-facing adapter: the access phase, PDK calls, Kong's schema rules."""

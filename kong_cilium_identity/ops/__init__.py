@@ -1,0 +1,1 @@
+"""Operator tools and observability: validate/explain, metrics, readiness, tracing."""

@@ -1,0 +1,1 @@
+"""Pure decision rules: no Kong, no I/O."""
