@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ class FakeClock:
         return self._until(predicate, timeout, lambda: condition.wait(POLL))
 
     def result(self, future: Future[T], timeout: float) -> T:
-        if not self._until(future.done, timeout, lambda: _settle(future)):
+        if not self._until(future.done, timeout, lambda: futures_wait([future], POLL)):
             raise FutureTimeout()
         return future.result()
 
@@ -80,10 +81,3 @@ class FakeClock:
             with self._lock:
                 self._waiting -= 1
                 self._lock.notify_all()
-
-
-def _settle(future: Future[T]) -> None:
-    try:
-        future.exception(POLL)
-    except FutureTimeout:
-        pass
