@@ -86,9 +86,9 @@ def _starts_a_process(item: pytest.Function) -> bool:
     module = item.module
     for name in set(re.findall(r"\b([a-z_][a-z0-9_]*)\(", body)):
         helper = getattr(module, name, None)
-        if inspect.isfunction(helper) and helper.__module__ == module.__name__:
-            if STARTS_A_PROCESS.search(_source(helper)):
-                return True
+        local = inspect.isfunction(helper) and helper.__module__ == module.__name__
+        if local and STARTS_A_PROCESS.search(_source(helper)):
+            return True
     return False
 
 

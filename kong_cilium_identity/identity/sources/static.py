@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kong_cilium_identity.identity.address import IPNetwork, parse_address, parse_network
+from kong_cilium_identity.identity.address import IPNetwork, parse_network
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.sources.base import ConfigError, SourceKind
 from kong_cilium_identity.labels import LabelError
@@ -128,7 +128,7 @@ class StaticSource:
 
     def lookup(self, peer: Peer, timeout: float) -> Lookup:
         try:
-            address = parse_address(peer.address)
+            address = peer.parsed()
         except ValueError as error:
             return Lookup.unknown(NAME, str(error))
         value = int(address)
