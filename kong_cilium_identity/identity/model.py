@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kong_cilium_identity.identity.address import IPAddress, parse_address
 from kong_cilium_identity.policy.labels import Label, parse_label
 
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
@@ -111,9 +112,29 @@ class Peer:
 
     Ports are optional hints: a source that sees flows (Hubble) can pin the very
     connection with them; address-indexed sources ignore them.
+
+    ``ip`` is the address already parsed by whoever made the peer (``Peer.of``), so the
+    sources on the request path do not parse it again; ``parsed()`` falls back to parsing
+    ``address`` for peers made from text.
     """
 
     address: str  # canonical text form, IPv4-mapped IPv6 already folded to IPv4
     port: int | None = None
     local_port: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    ip: IPAddress | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(
+        cls,
+        ip: IPAddress,
+        port: int | None = None,
+        local_port: int | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Peer:
+        """The peer at ``ip``, an address from ``parse_address`` (canonical already)."""
+        return cls(str(ip), port, local_port, {} if extra is None else extra, ip)
+
+    def parsed(self) -> IPAddress:
+        """The address as an object; raises ValueError as ``parse_address`` does."""
+        return self.ip if self.ip is not None else parse_address(self.address)

@@ -22,12 +22,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 
 from cachetools import TLRUCache
 
+from kong_cilium_identity.clock import REAL_CLOCK, Clock
 from kong_cilium_identity.identity.model import Lookup, LookupStatus, Peer
 from kong_cilium_identity.identity.sources import SOURCE_KINDS, Source
 from kong_cilium_identity.ops import metrics, tracing
@@ -45,16 +46,27 @@ class CacheSettings:
 
 
 class CachedSource:
-    """A remote source behind a TTL cache with singleflight on misses."""
+    """A remote source behind a TTL cache with singleflight on misses.
 
-    def __init__(self, inner: Source, settings: CacheSettings) -> None:
+    ``clock`` and ``workers`` are the process's own unless a test hands in others."""
+
+    def __init__(
+        self,
+        inner: Source,
+        settings: CacheSettings,
+        *,
+        clock: Clock = REAL_CLOCK,
+        workers: Executor = _WORKERS,
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self.cacheable = True
         self._settings = settings
+        self._clock = clock
+        self._workers = workers
         self._lock = threading.Lock()
         self._cache: TLRUCache[str, Lookup] = TLRUCache(
-            maxsize=settings.size, ttu=self._expires_at, timer=time.monotonic
+            maxsize=settings.size, ttu=self._expires_at, timer=clock.monotonic
         )
         self._inflight: dict[str, tuple[Future[Lookup], float, object]] = {}
 
@@ -73,7 +85,7 @@ class CachedSource:
             future = self._join_or_start(peer, timeout)
         metrics.cache_miss(self.name)
         try:
-            return replace(future.result(timeout=timeout), cached=False)
+            return replace(self._clock.result(future, timeout), cached=False)
         except FutureTimeout:
             detail = f"no answer within {timeout:g}s"
             return Lookup(LookupStatus.UNAVAILABLE, None, self.name, detail, cached=False)
@@ -84,7 +96,7 @@ class CachedSource:
         While a source hangs, callers give up after their timeout but their calls stay
         queued; past ``max_pending`` addresses no more are queued (the answer is an
         immediate UNAVAILABLE), so a long outage under load cannot grow the queue."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         inflight = self._inflight.get(peer.address)
         if inflight is not None and inflight[1] > now:
             return inflight[0]
@@ -96,12 +108,12 @@ class CachedSource:
             return overloaded
         ticket = object()
         deadline = now + timeout
-        future = _WORKERS.submit(self._fetch, peer, timeout, ticket, deadline)
+        future = self._workers.submit(self._fetch, peer, timeout, ticket, deadline)
         self._inflight[peer.address] = (future, deadline, ticket)
         return future
 
     def _fetch(self, peer: Peer, timeout: float, ticket: object, deadline: float) -> Lookup:
-        if time.monotonic() >= deadline:  # queued behind a hung source: the caller is gone
+        if self._clock.monotonic() >= deadline:  # queued behind a hung source: the caller is gone
             result = Lookup.unavailable(self.name, "lookup waited in the queue past its deadline")
         else:
             try:

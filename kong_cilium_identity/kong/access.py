@@ -310,7 +310,7 @@ def _lookup(
     except ValueError as error:
         return Lookup.unknown("kong", f"client address {client_ip!r}: {error}")
     extra = {tracing.TRACEPARENT: traceparent} if traceparent else {}
-    return resolver.lookup(Peer(str(address), client_port, local_port, extra))
+    return resolver.lookup(Peer.of(address, client_port, local_port, extra))
 
 
 def _claims_of(token: str | None) -> Mapping[str, Any] | None:

@@ -182,7 +182,7 @@ def explain(
         deadline = time.monotonic() + wait
         while not resolver.ready() and time.monotonic() < deadline:
             time.sleep(0.05)
-        lookup = resolver.lookup(Peer(str(parse_address(address))))
+        lookup = resolver.lookup(Peer.of(parse_address(address)))
     finally:
         RESOLVERS.release(config.resolver)
     return lookup, decide(Facts(consumer, has_credential, address, claims), lookup, config.policy)

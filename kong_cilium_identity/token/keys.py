@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
+from kong_cilium_identity.clock import REAL_CLOCK, Clock
 from kong_cilium_identity.ops import metrics
 from kong_cilium_identity.pools import SharedPool
 from kong_cilium_identity.token.algorithms import SUPPORTED_ALGORITHMS, PublicKey, key_fits
@@ -100,10 +100,13 @@ def _jwk_key(jwk: Any) -> VerificationKey:
 
 
 class KeyStore:
-    """Cached verification keys for one ``KeySettings``; see the module docstring."""
+    """Cached verification keys for one ``KeySettings``; see the module docstring.
 
-    def __init__(self, settings: KeySettings) -> None:
+    ``clock`` times the refetch limit and every wait (tests move a fake one by hand)."""
+
+    def __init__(self, settings: KeySettings, clock: Clock = REAL_CLOCK) -> None:
         self.settings = settings
+        self._clock = clock
         self._static = tuple(
             VerificationKey(load_public_pem(pem, f"public_keys[{index}]"))
             for index, pem in enumerate(settings.public_keys)
@@ -113,7 +116,7 @@ class KeyStore:
         self._error: str | None = "keys not fetched yet" if settings.remote else None
         self._jwks_uri: str | None = None
         self._fetching = settings.remote
-        self._last_started = time.monotonic()
+        self._last_started = clock.monotonic()
         self._started = 1 if settings.remote else 0
         """Sequence number of the latest fetch started; fetches run one at a time."""
         self._finished = 0
@@ -141,7 +144,7 @@ class KeyStore:
         keys = self._match(kid, algorithm)
         if keys or not self.settings.remote:
             return KeyMatch(keys)
-        deadline = time.monotonic() + self.settings.fetch_timeout
+        deadline = self._clock.monotonic() + self.settings.fetch_timeout
         with self._cond:
             arrived = self._started
             while self._finished <= arrived and not self._closed:
@@ -150,9 +153,10 @@ class KeyStore:
                         break
                     self._start_fetch()
                 target = self._started
-                done = self._cond.wait_for(
+                done = self._clock.wait_for(
+                    self._cond,
                     functools.partial(self._caught_up, target),
-                    timeout=max(0.0, deadline - time.monotonic()),
+                    max(0.0, deadline - self._clock.monotonic()),
                 )
                 keys = self._match(kid, algorithm)
                 if keys:
@@ -180,7 +184,8 @@ class KeyStore:
         return self._finished >= target or self._closed
 
     def _refetch_allowed(self) -> bool:
-        return time.monotonic() - self._last_started >= self.settings.min_refetch_interval
+        elapsed = self._clock.monotonic() - self._last_started
+        return elapsed >= self.settings.min_refetch_interval
 
     def _start_fetch(self) -> None:
         """Called with the lock held: hand one fetch to the background thread."""
@@ -190,7 +195,7 @@ class KeyStore:
     def _mark_started(self) -> None:
         self._fetching = True
         self._started += 1
-        self._last_started = time.monotonic()
+        self._last_started = self._clock.monotonic()
 
     def _run(self) -> None:
         rediscover = True
@@ -201,7 +206,7 @@ class KeyStore:
             interval = self.settings.refresh_interval
             if failing:
                 interval = min(interval, max(self.settings.min_refetch_interval, MIN_RETRY))
-            requested = self._wake.wait(timeout=interval)
+            requested = self._clock.wait(self._wake, interval)
             self._wake.clear()
             rediscover = not requested
             with self._cond:

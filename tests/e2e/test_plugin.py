@@ -10,45 +10,36 @@ import pytest
 
 from kong_cilium_identity.kong.kong_schema import ConfigRejected
 from tests.kit.kong import KongHarness, KongRequest, Outcome
-
-CHECKOUT_IP = "10.0.1.200"
-PAYMENTS_IP = "10.0.1.201"
-V6_IP = "fd00:10:244::17"
-HOST_IP = "172.18.0.3"
+from tests.scenario import (
+    CHECKOUT,
+    CHECKOUT_BINDING,
+    CHECKOUT_ENTRY,
+    CHECKOUT_IP,
+    CHECKOUT_V6_ID,
+    CHECKOUT_V6_IP,
+    CREDENTIAL,
+    HOST_IP,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+    static_entry,
+)
 
 CONFIG: dict[str, Any] = {
     "sources": ["static"],
     "static": {
         "entries": [
-            {
-                "address": CHECKOUT_IP,
-                "id": 48861,
-                "pod": "checkout-7d9f8-x2x5q",
-                "labels": [
-                    "k8s:app=checkout",
-                    "k8s:io.kubernetes.pod.namespace=shop",
-                    "k8s:io.cilium.k8s.policy.serviceaccount=checkout",
-                ],
-            },
-            {"address": PAYMENTS_IP, "id": 51022, "labels": ["k8s:app=payments"]},
-            {"address": V6_IP, "id": 48862, "labels": ["k8s:app=checkout"]},
-            {"address": HOST_IP, "id": 1, "labels": ["reserved:host"]},
+            CHECKOUT_ENTRY,
+            PAYMENTS_ENTRY,
+            static_entry(CHECKOUT_V6_IP, CHECKOUT_V6_ID, "k8s:app=checkout"),
+            static_entry(HOST_IP, 1, "reserved:host"),
         ]
     },
     "bindings": [
-        {"consumer": "checkout", "selectors": ["k8s:app=checkout"]},
+        CHECKOUT_BINDING,
         {"consumer": "admin", "selectors": ["reserved:host"]},
     ],
 }
-CHECKOUT = {
-    "id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001",
-    "username": "checkout",
-    "custom_id": None,
-    "created_at": 1700000000,
-    "tags": [],
-}
 ADMIN = {**CHECKOUT, "id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0002", "username": "admin"}
-CREDENTIAL = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001", "consumer": {"id": CHECKOUT["id"]}}
 
 
 def call(kong: KongHarness, config: dict[str, Any] | None = None, **request: Any) -> Outcome:
@@ -165,7 +156,7 @@ def test_spoofed_headers_are_replaced_on_allow(kong: KongHarness) -> None:
 @pytest.mark.parametrize(
     ("client_ip", "allowed"),
     [
-        (V6_IP, True),
+        (CHECKOUT_V6_IP, True),
         ("FD00:10:244:0::17", True),
         (f"::ffff:{CHECKOUT_IP}", True),
         (f"::ffff:{PAYMENTS_IP}", False),

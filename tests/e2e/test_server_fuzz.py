@@ -30,20 +30,22 @@ from tests.e2e.wire_fuzz import (
     same,
 )
 from tests.kit.kong import ConfiguredPlugin, KongHarness, KongRequest
+from tests.scenario import (
+    CHECKOUT,
+    CHECKOUT_APP_ENTRY,
+    CHECKOUT_BINDING,
+    CHECKOUT_IP,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+)
 
-CHECKOUT_IP = "10.0.1.200"
-PAYMENTS_IP = "10.0.1.201"
 CONFIG: dict[str, Any] = {
     "sources": ["static"],
     "static": {
-        "entries": [
-            {"address": CHECKOUT_IP, "id": 48861, "labels": ["k8s:app=checkout"]},
-            {"address": PAYMENTS_IP, "id": 51022, "labels": ["k8s:app=payments"]},
-        ]
+        "entries": [CHECKOUT_APP_ENTRY, PAYMENTS_ENTRY],
     },
-    "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+    "bindings": [CHECKOUT_BINDING],
 }
-CHECKOUT = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout", "tags": []}
 CREDENTIAL = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001"}
 FAIL_CLOSED = {"Method": "kong.response.error", "Args": [500]}
 TERMINAL = ("kong.response.error", "kong.response.exit")

@@ -24,10 +24,16 @@ from hypothesis import strategies as st
 
 from tests.e2e.conftest import running_server
 from tests.kit.kong import ConfiguredPlugin, KongHarness, KongRequest
+from tests.scenario import (
+    CHECKOUT,
+    CHECKOUT_APP_ENTRY,
+    CHECKOUT_BINDING,
+    CHECKOUT_IP,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+)
 
 ISSUER = "https://issuer.test"
-CHECKOUT_IP = "10.0.1.200"
-PAYMENTS_IP = "10.0.1.201"
 KEY = ec.generate_private_key(ec.SECP256R1())
 OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
 PUBLIC_PEM = (
@@ -36,18 +42,15 @@ PUBLIC_PEM = (
     .decode()
 )
 CONSUMERS = [
-    {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout", "tags": []},
+    CHECKOUT,
     {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0002", "username": "payments", "tags": []},
 ]
 CONFIG: dict[str, Any] = {
     "sources": ["static"],
     "static": {
-        "entries": [
-            {"address": CHECKOUT_IP, "id": 48861, "labels": ["k8s:app=checkout"]},
-            {"address": PAYMENTS_IP, "id": 51022, "labels": ["k8s:app=payments"]},
-        ]
+        "entries": [CHECKOUT_APP_ENTRY, PAYMENTS_ENTRY],
     },
-    "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+    "bindings": [CHECKOUT_BINDING],
     "token": {
         "enabled": True,
         "issuer": ISSUER,

@@ -234,7 +234,9 @@ class FakeKubeApi:
         server.fake = self  # type: ignore[attr-defined]
         self._port = server.server_address[1]
         self._server = server
-        threading.Thread(target=server.serve_forever, name="fake-kube", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="fake-kube", daemon=True
+        ).start()  # a short poll: shutdown waits for it (the default is half a second)
         return self
 
     @property

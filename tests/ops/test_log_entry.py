@@ -24,9 +24,15 @@ from kong_cilium_identity.schema import Config, parse_config
 from kong_cilium_identity.token import TokenVerifier
 from tests.kit.fake_issuer import FakeIssuer
 from tests.ops.companion import CompanionKong, PdkOnlyKong
+from tests.scenario import (
+    CHECKOUT_BINDING,
+    CHECKOUT_ID,
+    CHECKOUT_IP,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+    static_entry,
+)
 
-CHECKOUT_IP = "10.0.1.200"
-PAYMENTS_IP = "10.0.1.201"
 SECRET_KEY = "kA9-very-secret-api-key-4f1e"
 FORGED = "forged-identity-value-77"
 CLIENT_HEADER = "client-header-value-1234"
@@ -64,11 +70,11 @@ def raw_config(issuer: FakeIssuer, mode: str = "enforce") -> dict[str, Any]:
         "sources": ["static"],
         "static": {
             "entries": [
-                {"address": CHECKOUT_IP, "id": 48861, "labels": CHECKOUT_LABELS},
-                {"address": PAYMENTS_IP, "id": 51022, "labels": ["k8s:app=payments"]},
+                static_entry(CHECKOUT_IP, CHECKOUT_ID, *CHECKOUT_LABELS),
+                PAYMENTS_ENTRY,
             ]
         },
-        "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+        "bindings": [CHECKOUT_BINDING],
         "token": {
             "enabled": True,
             "issuer": issuer.issuer,

@@ -21,25 +21,19 @@ from tests.kit.fake_issuer import FakeIssuer
 from tests.kit.kong import KongHarness, KongRequest, Outcome
 from tests.ops import instrumented_server as faults
 from tests.ops.scrape import Samples, family_names, fetch, free_port, parse, value
+from tests.scenario import (
+    CHECKOUT,
+    CHECKOUT_APP_ENTRY,
+    CHECKOUT_BINDING,
+    CHECKOUT_IP,
+    CREDENTIAL,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+)
 
-CHECKOUT_IP = "10.0.1.200"
-PAYMENTS_IP = "10.0.1.201"
-CHECKOUT = {
-    "id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001",
-    "username": "checkout",
-    "custom_id": None,
-    "created_at": 1700000000,
-    "tags": [],
-}
-CREDENTIAL = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001", "consumer": {"id": CHECKOUT["id"]}}
-BINDINGS = [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}]
+BINDINGS = [CHECKOUT_BINDING]
 CACHE = {"ttl": 300, "negative_ttl": 300}
-STATIC = {
-    "entries": [
-        {"address": CHECKOUT_IP, "id": 48861, "labels": ["k8s:app=checkout"]},
-        {"address": PAYMENTS_IP, "id": 51022, "labels": ["k8s:app=payments"]},
-    ]
-}
+STATIC = {"entries": [CHECKOUT_APP_ENTRY, PAYMENTS_ENTRY]}
 DEADLINE = 1.0
 
 

@@ -25,16 +25,15 @@ from kong_cilium_identity.kong.access import facts_request, handle_access
 from kong_cilium_identity.ops import tracing
 from kong_cilium_identity.schema import Config, parse_config
 from tests.ops.companion import CompanionKong, PdkOnlyKong
+from tests.scenario import CHECKOUT, CHECKOUT_APP_ENTRY, CHECKOUT_BINDING, CHECKOUT_IP
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
-CHECKOUT_IP = "10.0.1.200"
-CHECKOUT = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout"}
 CONFIG: dict[str, Any] = {
     "sources": ["static"],
-    "static": {"entries": [{"address": CHECKOUT_IP, "id": 48861, "labels": ["k8s:app=checkout"]}]},
-    "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+    "static": {"entries": [CHECKOUT_APP_ENTRY]},
+    "bindings": [CHECKOUT_BINDING],
 }
 
 

@@ -17,6 +17,15 @@ from tests.harness.conftest import script
 from tests.kit.kong import KongHarness
 from tests.kit.kong_load import KongLoad, LoadRequest
 from tests.kit.msgpack_rpc import RpcClient
+from tests.scenario import (
+    CHECKOUT,
+    CHECKOUT_APP_ENTRY,
+    CHECKOUT_BINDING,
+    CHECKOUT_IP,
+    CREDENTIAL,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+)
 from tests.server.conftest import SERVERS, SOCKET, MakeKong, commands
 
 
@@ -238,16 +247,12 @@ def test_memory_is_flat_across_mixed_allow_and_deny(make_kong: MakeKong) -> None
         {
             "sources": ["static"],
             "static": {
-                "entries": [
-                    {"address": "10.0.1.200", "id": 48861, "labels": ["k8s:app=checkout"]},
-                    {"address": "10.0.1.201", "id": 51022, "labels": ["k8s:app=payments"]},
-                ]
+                "entries": [CHECKOUT_APP_ENTRY, PAYMENTS_ENTRY],
             },
-            "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+            "bindings": [CHECKOUT_BINDING],
         }
     ).conf
-    consumer = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout"}
-    credential = {"id": "7a0e1e4c-5d3b-4b1d-8f6e-000000000001", "consumer": {"id": consumer["id"]}}
+    consumer, credential = CHECKOUT, CREDENTIAL
 
     def request(ip: str) -> LoadRequest:
         return LoadRequest(
@@ -262,7 +267,7 @@ def test_memory_is_flat_across_mixed_allow_and_deny(make_kong: MakeKong) -> None
     load = KongLoad(str(kong.socket_path), plugin_name="cilium-identity", conf=conf)
     rss: list[int] = []
     result = load.run(
-        [request("10.0.1.200"), request("10.0.1.201")],
+        [request(CHECKOUT_IP), request(PAYMENTS_IP)],
         30_000,
         every=3_000,
         on_progress=lambda done: rss.append(proc_status(kong.server_pid or 0, "VmRSS")),

@@ -62,8 +62,8 @@ def open_store() -> Iterator[Any]:
     """Opens KeyStores and closes them after the test."""
     stores: list[KeyStore] = []
 
-    def open_(settings: TokenSettings) -> KeyStore:
-        store = KeyStore(settings.keys)
+    def open_(settings: TokenSettings, **options: Any) -> KeyStore:
+        store = KeyStore(settings.keys, **options)
         stores.append(store)
         return store
 

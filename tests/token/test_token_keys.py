@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,17 +15,17 @@ from kong_cilium_identity.token import (
     KeyStore,
     TokenFailure,
     TokenReason,
-    TokenSettings,
     TokenVerifier,
     Verified,
     verify,
 )
 from kong_cilium_identity.token.fetch import FetchError
 from kong_cilium_identity.token.keys import parse_jwks
+from tests.fake_clock import SAFETY, FakeClock
 from tests.kit.fake_issuer import FakeIssuer
 from tests.token.conftest import settings_for
 
-OpenStore = Callable[[TokenSettings], KeyStore]
+OpenStore = Callable[..., KeyStore]
 
 
 def _reason(result: Verified | TokenFailure) -> TokenReason | None:
@@ -200,38 +200,75 @@ def test_jwks_parsing_refuses_private_and_small_keys(issuer: FakeIssuer) -> None
         parse_jwks({"no": "keys"}, max_keys=8)
 
 
+HoldFetches = Callable[[], threading.Event]
+
+
+@pytest.fixture
+def hold_fetches(monkeypatch: pytest.MonkeyPatch) -> Iterator[HoldFetches]:
+    """hold_fetches() -> gate: every JWKS fetch from then on waits until the gate is set.
+    Listed after ``open_store``, it opens the gates before the stores close."""
+    from kong_cilium_identity.token import keys as keys_module
+
+    gates: list[threading.Event] = []
+    real_fetch = keys_module.fetch_json
+
+    def hold() -> threading.Event:
+        gate = threading.Event()
+        gates.append(gate)
+
+        def held(uri: str, settings: Any) -> Any:
+            assert gate.wait(SAFETY), "the test never let the fetch go"
+            return real_fetch(uri, settings)
+
+        monkeypatch.setattr(keys_module, "fetch_json", held)
+        return gate
+
+    yield hold
+    for gate in gates:
+        gate.set()
+
+
 def test_concurrent_unknown_kids_share_one_refetch(
-    issuer: FakeIssuer, open_store: OpenStore
+    issuer: FakeIssuer, open_store: OpenStore, hold_fetches: HoldFetches
 ) -> None:
+    clock = FakeClock()
     settings = settings_for(issuer, min_refetch_interval=0.3)
-    store = open_store(settings)
+    store = open_store(settings, clock=clock)
     assert store.keys_for("rsa1-kid", "RS256").keys
-    time.sleep(0.4)  # let the refetch interval pass once
+    clock.advance(0.31)  # the refetch interval passed once
     fetched = issuer.jwks_requests
-    issuer.delay = 0.2
     issuer.add_key("rsa2", "rsa")
     token = issuer.sign(issuer.claims(), key="rsa2")
+    gate = hold_fetches()
     with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(lambda _: verify(token, settings, store), range(10)))
-    assert all(isinstance(result, Verified) for result in results)
+        results = [pool.submit(verify, token, settings, store) for _ in range(10)]
+        clock.until_waiting(10)  # all ten wait for one refetch, held before the issuer
+        gate.set()
+        assert all(isinstance(result.result(SAFETY), Verified) for result in results)
     assert issuer.jwks_requests == fetched + 1
 
 
-def test_a_hanging_issuer_costs_a_request_at_most_the_fetch_timeout(
-    issuer: FakeIssuer, open_store: OpenStore
+def test_a_request_waits_for_a_hanging_fetch_at_most_the_fetch_timeout(
+    issuer: FakeIssuer, open_store: OpenStore, hold_fetches: HoldFetches
 ) -> None:
-    issuer.delay = 2.0
+    clock = FakeClock()
+    hold_fetches()  # the first fetch hangs
     settings = settings_for(issuer)
     settings = dataclasses.replace(
         settings, keys=dataclasses.replace(settings.keys, fetch_timeout=0.2)
     )
-    store = open_store(settings)
+    store = open_store(settings, clock=clock)
     assert not store.ready()  # opening the store did not wait for the (hanging) fetch
-    result = verify(issuer.sign(issuer.claims()), settings, store)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        request = pool.submit(verify, issuer.sign(issuer.claims()), settings, store)
+        clock.until_waiting(1)
+        clock.advance(0.19)
+        assert clock.waiting() == 1 and not request.done()
+        clock.advance(0.02)
+        result = request.result(SAFETY)
     assert isinstance(result, TokenFailure)
     assert (result.reason, result.status) == (TokenReason.KEYS_UNAVAILABLE, 503)
-    # whichever ends first, the fetch's own timeout or the request's wait: no allow
-    assert "did not finish in time" in result.description or "timed out" in result.description
+    assert "did not finish in time" in result.description
 
 
 def test_an_unexpected_error_while_refreshing_keeps_the_store_alive(

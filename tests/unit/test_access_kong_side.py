@@ -10,28 +10,19 @@ import pytest
 
 from kong_cilium_identity.kong.kong_schema import config_field, validate_config
 from kong_cilium_identity.plugin import Plugin, plugin_info
+from tests.scenario import (
+    CHECKOUT,
+    CHECKOUT_BINDING,
+    CHECKOUT_ENTRY,
+    CHECKOUT_IP,
+    PAYMENTS_ENTRY,
+    PAYMENTS_IP,
+)
 
-CHECKOUT_IP = "10.0.1.200"
-PAYMENTS_IP = "10.0.1.201"
-CHECKOUT = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0001", "username": "checkout", "tags": []}
 RAW_CONFIG: dict[str, Any] = {
     "sources": ["static"],
-    "static": {
-        "entries": [
-            {
-                "address": CHECKOUT_IP,
-                "id": 48861,
-                "pod": "checkout-7d9f8-x2x5q",
-                "labels": [
-                    "k8s:app=checkout",
-                    "k8s:io.kubernetes.pod.namespace=shop",
-                    "k8s:io.cilium.k8s.policy.serviceaccount=checkout",
-                ],
-            },
-            {"address": PAYMENTS_IP, "id": 51022, "labels": ["k8s:app=payments"]},
-        ]
-    },
-    "bindings": [{"consumer": "checkout", "selectors": ["k8s:app=checkout"]}],
+    "static": {"entries": [CHECKOUT_ENTRY, PAYMENTS_ENTRY]},
+    "bindings": [CHECKOUT_BINDING],
 }
 
 

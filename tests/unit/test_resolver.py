@@ -1,8 +1,12 @@
-"""The resolver: chain order, agreement, cache, singleflight, timeouts, sharing."""
+"""The resolver: chain order, agreement, cache, singleflight, timeouts, sharing.
+
+Time is a fake clock moved by hand and slow sources wait on gates the test opens, so no
+test here sleeps or depends on how fast a busy machine schedules threads.
+"""
 
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -14,34 +18,74 @@ from kong_cilium_identity.identity.resolver import (
     ResolverSettings,
 )
 from kong_cilium_identity.pools import SharedPool
+from tests.fake_clock import SAFETY, FakeClock
 
 A = Identity.build(50000, ["k8s:app=a"])
 B = Identity.build(50001, ["k8s:app=b"])
 
 
 class ScriptedSource:
-    """A source whose answer is a function of the call count."""
+    """A source whose answer is a function of the call count; with a ``gate`` every call
+    waits until the test opens it."""
 
-    def __init__(self, name: str, answer: Callable[[int], Lookup], delay: float = 0.0) -> None:
+    def __init__(
+        self, name: str, answer: Callable[[int], Lookup], gate: threading.Event | None = None
+    ) -> None:
         self.name = name
         self.cacheable = True
         self.calls = 0
         self._answer = answer
-        self._delay = delay
-        self._lock = threading.Lock()
+        self._gate = gate
+        self._lock = threading.Condition()
 
     def lookup(self, peer: Peer, timeout: float) -> Lookup:
         with self._lock:
             self.calls += 1
             count = self.calls
-        time.sleep(self._delay)
+            self._lock.notify_all()
+        if self._gate is not None:
+            assert self._gate.wait(SAFETY), "the test never opened the gate"
         return self._answer(count)
+
+    def until_called(self, count: int) -> None:
+        with self._lock:
+            assert self._lock.wait_for(lambda: self.calls >= count, SAFETY), self.calls
 
     def ready(self) -> bool:
         return True
 
     def close(self) -> None:
         pass
+
+
+class Call:
+    """``source.lookup(peer, timeout)`` on its own thread."""
+
+    def __init__(self, source: CachedSource, peer: Peer, timeout: float) -> None:
+        self.result: Lookup | None = None
+        self._thread = threading.Thread(target=self._run, args=(source, peer, timeout))
+        self._thread.start()
+
+    def _run(self, source: CachedSource, peer: Peer, timeout: float) -> None:
+        self.result = source.lookup(peer, timeout)
+
+    def join(self) -> Lookup:
+        self._thread.join(SAFETY)
+        assert self.result is not None, "the lookup never returned"
+        return self.result
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def workers() -> Iterator[ThreadPoolExecutor]:
+    """A pool of the test's own: calls left running by other tests cannot delay these."""
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-lookup")
+    yield pool
+    pool.shutdown(wait=True)
 
 
 def found(identity: Identity) -> Callable[[int], Lookup]:
@@ -107,55 +151,76 @@ def test_raising_source_fails_closed() -> None:
     assert result.status is LookupStatus.UNAVAILABLE and "boom" in result.detail
 
 
-def cached(source: ScriptedSource, ttl: float = 5, negative_ttl: float = 1) -> CachedSource:
-    return CachedSource(source, CacheSettings(ttl=ttl, negative_ttl=negative_ttl, size=100))
+def cached(
+    source: ScriptedSource,
+    clock: FakeClock,
+    workers: ThreadPoolExecutor,
+    ttl: float = 5,
+    negative_ttl: float = 1,
+    max_pending: int = 1024,
+) -> CachedSource:
+    settings = CacheSettings(ttl=ttl, negative_ttl=negative_ttl, size=100, max_pending=max_pending)
+    return CachedSource(source, settings, clock=clock, workers=workers)
 
 
-def test_hits_are_cached_errors_are_not() -> None:
+def test_hits_are_cached_errors_are_not(clock: FakeClock, workers: ThreadPoolExecutor) -> None:
     flaky = ScriptedSource("s", lambda n: down(n) if n == 1 else Lookup.found(A, "s"))
-    source = cached(flaky)
+    source = cached(flaky, clock, workers)
     assert source.lookup(PEER, 0.5).status is LookupStatus.UNAVAILABLE
     assert source.lookup(PEER, 0.5).status is LookupStatus.FOUND
     assert source.lookup(PEER, 0.5).status is LookupStatus.FOUND
     assert flaky.calls == 2
 
 
-def test_negative_answers_expire_sooner() -> None:
-    inner = ScriptedSource("s", unknown)
-    source = cached(inner, ttl=60, negative_ttl=0.05)
-    source.lookup(PEER, 0.5)
-    source.lookup(PEER, 0.5)
+def test_answers_expire_after_their_ttl(clock: FakeClock, workers: ThreadPoolExecutor) -> None:
+    inner = ScriptedSource("s", lambda n: unknown(n) if n % 2 else Lookup.found(A, "s"))
+    source = cached(inner, clock, workers, ttl=60, negative_ttl=0.05)
+    assert source.lookup(PEER, 0.5).status is LookupStatus.UNKNOWN
+    clock.advance(0.04)
+    assert source.lookup(PEER, 0.5).status is LookupStatus.UNKNOWN
     assert inner.calls == 1
-    time.sleep(0.1)
-    source.lookup(PEER, 0.5)
+    clock.advance(0.02)  # the negative answer expired: call 2 finds A
+    assert source.lookup(PEER, 0.5).identity == A
+    clock.advance(59.9)
+    assert source.lookup(PEER, 0.5).cached is True
     assert inner.calls == 2
+    clock.advance(0.2)  # the hit expired too
+    assert source.lookup(PEER, 0.5).status is LookupStatus.UNKNOWN
+    assert inner.calls == 3
 
 
-def test_singleflight() -> None:
-    inner = ScriptedSource("s", found(A), delay=0.2)
-    source = cached(inner)
-    results: list[Lookup] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(source.lookup(PEER, 2.0)))
-        for _ in range(200)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+def test_singleflight(clock: FakeClock, workers: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    inner = ScriptedSource("s", found(A), gate)
+    source = cached(inner, clock, workers)
+    calls = [Call(source, PEER, 2.0) for _ in range(50)]
+    clock.until_waiting(50)  # every caller is waiting for the one upstream call
+    gate.set()
+    results = [call.join() for call in calls]
     assert inner.calls == 1
-    assert len(results) == 200 and all(r.identity == A for r in results)
+    assert all(r.identity == A for r in results)
+    assert [r.cached for r in results] == [False] * 50
 
 
-def test_slow_source_times_out_and_a_later_call_retries() -> None:
-    inner = ScriptedSource("s", found(A), delay=0.3)
-    source = cached(inner)
-    started = time.monotonic()
-    result = source.lookup(PEER, 0.05)
-    assert result.status is LookupStatus.UNAVAILABLE
-    assert time.monotonic() - started < 0.25
-    time.sleep(0.35)  # the slow call finished and filled the cache
+def test_slow_source_times_out_and_a_later_call_retries(
+    clock: FakeClock, workers: ThreadPoolExecutor
+) -> None:
+    gate = threading.Event()
+    inner = ScriptedSource("s", found(A), gate)
+    source = cached(inner, clock, workers)
+    call = Call(source, PEER, 0.05)
+    inner.until_called(1)
+    clock.until_waiting(1)
+    clock.advance(0.04)
+    assert clock.waiting() == 1  # not timed out yet
+    clock.advance(0.02)
+    result = call.join()
+    assert result.status is LookupStatus.UNAVAILABLE and "within 0.05s" in result.detail
+    pending = source._inflight[PEER.address][0]
+    gate.set()  # the slow call finishes and fills the cache
+    pending.result(SAFETY)
     assert source.lookup(PEER, 0.05).status is LookupStatus.FOUND
+    assert inner.calls == 1
 
 
 def test_shared_pool_counts_references() -> None:
@@ -177,14 +242,19 @@ class GatedSource:
         self.calls = 0
         self.answers = answers
         self.gates = [threading.Event() for _ in answers]
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def lookup(self, peer: Peer, timeout: float) -> Lookup:
         with self._lock:
             number = self.calls
             self.calls += 1
-        self.gates[number].wait(10)
+            self._lock.notify_all()
+        assert self.gates[number].wait(SAFETY), "the test never opened the gate"
         return self.answers[number]
+
+    def until_called(self, count: int) -> None:
+        with self._lock:
+            assert self._lock.wait_for(lambda: self.calls >= count, SAFETY), self.calls
 
     def ready(self) -> bool:
         return True
@@ -193,25 +263,35 @@ class GatedSource:
         pass
 
 
-def test_a_superseded_late_answer_neither_ends_nor_overwrites_the_newer_call() -> None:
+def cached_gated(
+    source: GatedSource, clock: FakeClock, workers: ThreadPoolExecutor
+) -> CachedSource:
+    settings = CacheSettings(ttl=60, negative_ttl=60, size=100)
+    return CachedSource(source, settings, clock=clock, workers=workers)
+
+
+def test_a_superseded_late_answer_neither_ends_nor_overwrites_the_newer_call(
+    clock: FakeClock, workers: ThreadPoolExecutor
+) -> None:
     inner = GatedSource([Lookup.found(A, "s"), Lookup.found(B, "s")])
-    source = CachedSource(inner, CacheSettings(ttl=60, negative_ttl=60, size=100))
-    assert source.lookup(PEER, 0.05).status is LookupStatus.UNAVAILABLE  # call 1 hangs
+    source = cached_gated(inner, clock, workers)
+    first = Call(source, PEER, 0.05)
+    clock.until_waiting(1)
+    clock.advance(0.06)
+    assert first.join().status is LookupStatus.UNAVAILABLE  # call 1 hangs
     first_call = source._inflight[PEER.address][0]
-    second: list[Lookup] = []
-    waiter = threading.Thread(target=lambda: second.append(source.lookup(PEER, 10.0)))
-    waiter.start()
-    while inner.calls < 2:  # call 2 started: call 1 outlived its timeout
-        time.sleep(0.01)
+    second = Call(source, PEER, 10.0)  # call 1 outlived its timeout: call 2 starts
+    inner.until_called(2)
     inner.gates[0].set()
-    first_call.result(10)
+    first_call.result(SAFETY)
     # Call 1's answer came after call 2 was asked; it must not stand in for call 2.
-    third = source.lookup(PEER, 0.05)
-    assert third.status is LookupStatus.UNAVAILABLE  # joined call 2, still running
+    third = Call(source, PEER, 0.05)
+    clock.until_waiting(2)
+    clock.advance(0.06)
+    assert third.join().status is LookupStatus.UNAVAILABLE  # joined call 2, still running
     assert inner.calls == 2
     inner.gates[1].set()
-    waiter.join()
-    assert second[0].identity == B
+    assert second.join().identity == B
     assert source.lookup(PEER, 0.05).identity == B
     assert inner.calls == 2
 
@@ -237,32 +317,39 @@ def test_shared_pool_release_from_inside_create_does_not_deadlock() -> None:
     assert closed == ["old"] and len(pool) == 1
 
 
-def test_calls_queued_past_their_deadline_never_reach_the_source() -> None:
-    inner = ScriptedSource("s", found(A), delay=0.3)
-    source = cached(inner)
-    results: list[Lookup] = []
-    threads = [
-        threading.Thread(
-            target=lambda n=n: results.append(source.lookup(Peer(f"10.1.0.{n}"), 0.05))
-        )
-        for n in range(40)  # more distinct addresses than the 32 lookup workers
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    time.sleep(0.4)  # the 32 running calls finish; the 8 queued ones start late
-    assert all(r.status is LookupStatus.UNAVAILABLE for r in results)
-    assert 0 < inner.calls <= 32  # only calls a worker picked up in time reach the source
+def test_calls_queued_past_their_deadline_never_reach_the_source(clock: FakeClock) -> None:
+    gate = threading.Event()
+    inner = ScriptedSource("s", found(A), gate)
+    with ThreadPoolExecutor(max_workers=1) as one_worker:
+        source = cached(inner, clock, one_worker)
+        running = Call(source, Peer("10.1.0.1"), 0.05)
+        inner.until_called(1)  # the only worker is stuck in the source
+        queued = Call(source, Peer("10.1.0.2"), 0.05)
+        clock.until_waiting(2)
+        clock.advance(0.06)
+        assert running.join().status is LookupStatus.UNAVAILABLE
+        assert queued.join().status is LookupStatus.UNAVAILABLE
+        gate.set()  # the worker is free; the queued call starts past its deadline
+    assert inner.calls == 1
 
 
-def test_pending_lookups_are_bounded() -> None:
-    inner = ScriptedSource("s", found(A), delay=0.3)
-    source = CachedSource(inner, CacheSettings(max_pending=4))
-    for n in range(4):
-        source.lookup(Peer(f"10.2.0.{n}"), 0.01)
-    refused = source.lookup(Peer("10.2.0.99"), 1.0)
-    assert refused.status is LookupStatus.UNAVAILABLE and "pending" in refused.detail
-    time.sleep(0.4)
+def test_pending_lookups_are_bounded(clock: FakeClock, workers: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    inner = ScriptedSource("s", found(A), gate)
+    source = cached(inner, clock, workers, max_pending=4)
+    calls = [Call(source, Peer(f"10.2.0.{n}"), 0.01) for n in range(4)]
+    inner.until_called(4)
+    clock.until_waiting(4)
+    clock.advance(0.02)
+    assert all(call.join().status is LookupStatus.UNAVAILABLE for call in calls)
+    refused = source.lookup(Peer("10.2.0.99"), 1.0)  # answered at once: nothing queued
+    assert refused.status is LookupStatus.UNAVAILABLE and "4 lookups already pending" in (
+        refused.detail
+    )
     assert inner.calls == 4
+    pending = [entry[0] for entry in source._inflight.values()]
+    gate.set()
+    for future in pending:
+        future.result(SAFETY)
     assert source.lookup(Peer("10.2.0.99"), 1.0).status is LookupStatus.FOUND
+    assert inner.calls == 5

@@ -30,7 +30,6 @@ from cachetools import TTLCache
 
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity import reserved
-from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.sources.agent_json import (
     AnswerError,
@@ -149,7 +148,7 @@ class AgentSource:
             return Lookup.unavailable(NAME, "source is closed")
         deadline = time.monotonic() + timeout
         try:
-            address = parse_address(peer.address)
+            address = peer.parsed()
         except ValueError as error:
             return Lookup.unknown(NAME, str(error))
         try:

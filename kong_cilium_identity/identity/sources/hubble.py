@@ -275,10 +275,11 @@ class HubbleSource:
             self._follower.start()
 
     def lookup(self, peer: Peer, timeout: float) -> Lookup:
-        try:
-            peer = Peer(str(parse_address(peer.address)), peer.port, peer.local_port)
-        except ValueError as error:
-            return Lookup.unknown(NAME, str(error))
+        if peer.ip is None:  # made from text: canonicalise it as access does
+            try:
+                peer = Peer.of(parse_address(peer.address), peer.port, peer.local_port)
+            except ValueError as error:
+                return Lookup.unknown(NAME, str(error))
         if self._closed:
             return Lookup.unavailable(NAME, "source is closed")
         settings = self._settings

@@ -416,7 +416,7 @@ class KubernetesSource:
             if problem is not None:
                 return Lookup.unavailable(NAME, problem)
             answer = self.index.lookup(peer.address)
-            if answer is None and ":" in peer.address:  # IPv4 text from Peer is canonical
+            if answer is None and peer.ip is None and ":" in peer.address:  # made from text
                 canonical = canonical_address(peer.address)
                 if canonical != peer.address:
                     answer = self.index.lookup(canonical)

@@ -16,7 +16,7 @@ import yaml
 
 from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
-from kong_cilium_identity.identity.address import IPNetwork, parse_address, parse_network
+from kong_cilium_identity.identity.address import IPNetwork, parse_network
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.sources.base import SourceKind
 from kong_cilium_identity.policy.labels import LabelError
@@ -140,7 +140,7 @@ class StaticSource:
 
     def lookup(self, peer: Peer, timeout: float) -> Lookup:
         try:
-            address = parse_address(peer.address)
+            address = peer.parsed()
         except ValueError as error:
             return Lookup.unknown(NAME, str(error))
         value = int(address)
