@@ -15,7 +15,6 @@ import functools
 import platform
 import timeit
 
-from kong_cilium_identity.kong import access
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import (
     CachedSource,
@@ -24,6 +23,7 @@ from kong_cilium_identity.identity.resolver import (
     ResolverSettings,
 )
 from kong_cilium_identity.identity.sources.static import create, parse_settings
+from kong_cilium_identity.kong import access
 
 CHECKOUT = Identity.build(48861, ["k8s:app=checkout"], source="remote")
 

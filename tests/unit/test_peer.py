@@ -6,11 +6,11 @@ import ipaddress
 
 import pytest
 
-from kong_cilium_identity.kong import access
 from kong_cilium_identity.identity.address import parse_address
 from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.identity.resolver import Resolver, ResolverSettings
 from kong_cilium_identity.identity.sources.static import create, parse_settings
+from kong_cilium_identity.kong import access
 from tests.scenario import CHECKOUT_APP_ENTRY, CHECKOUT_ID, CHECKOUT_IP
 
 
