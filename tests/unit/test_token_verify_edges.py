@@ -30,9 +30,7 @@ def _failure(result: str | TokenFailure) -> TokenFailure:
 
 @pytest.mark.parametrize("settings", [AUTHORIZATION, CUSTOM])
 @pytest.mark.parametrize("value", [None, "", "   ", [], 7])
-def test_no_token_is_missing_with_a_bare_challenge(
-    settings: TokenSettings, value: object
-) -> None:
+def test_no_token_is_missing_with_a_bare_challenge(settings: TokenSettings, value: object) -> None:
     failure = _failure(extract_token(value, settings))
     assert (failure.status, failure.reason, failure.description) == (
         401,
