@@ -4,7 +4,9 @@ fallback for an unmapped pyjwt error and the Unicode walk over claims."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 
 import jwt
 import pytest
@@ -17,6 +19,7 @@ from kong_cilium_identity.token.verify import (
     _encodable,
     _failure_for,
     extract_token,
+    verify,
 )
 
 AUTHORIZATION = TokenSettings()
@@ -114,3 +117,76 @@ def test_the_unicode_walk_reaches_every_string() -> None:
     assert not _encodable({"a": ["ok", {"c": "\ud800"}]})
     assert not _encodable({"\udfff": 1})
     assert not _encodable({"a": "\ud83d"})
+
+
+def _unsigned(header: object) -> str:
+    """A compact JWS with the given header, a small payload and a junk signature."""
+
+    def part(value: object) -> str:
+        raw = json.dumps(value).encode() if not isinstance(value, bytes) else value
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part({'sub': 'x'})}.{part(b'sig')}"
+
+
+class NoKeys:
+    """A key store that must not be asked: these tokens fail before key lookup."""
+
+    def keys_for(self, kid: str | None, algorithm: str) -> object:
+        raise AssertionError(f"keys asked for {kid!r}/{algorithm}")
+
+
+@pytest.mark.parametrize(
+    ("token", "description"),
+    [
+        ("not-a-jws", "token is not a well-formed JWS"),
+        (_unsigned({"typ": "JWT"}), "token header has no alg"),
+        (_unsigned({"alg": 256}), "token header has no alg"),
+        (_unsigned({"alg": "HS256"}), "algorithm HS256 is not accepted"),
+        (_unsigned({"alg": "none"}), "algorithm none is not accepted"),
+        ("a" * 16385, "token too long"),
+    ],
+)
+def test_header_failures_say_why_without_asking_for_keys(token: str, description: str) -> None:
+    failure = verify(token, AUTHORIZATION, NoKeys())  # type: ignore[arg-type]
+    assert isinstance(failure, TokenFailure)
+    assert failure.description == description
+    assert failure.reason in (TokenReason.MALFORMED, TokenReason.ALGORITHM)
+    assert failure.status == 401
+
+
+def test_a_token_at_the_length_limit_is_not_too_long() -> None:
+    failure = verify("a" * 16384, AUTHORIZATION, NoKeys())  # type: ignore[arg-type]
+    assert isinstance(failure, TokenFailure)
+    assert failure.description == "token is not a well-formed JWS"
+
+
+def test_an_unexpected_exception_is_an_unverifiable_token() -> None:
+    class Exploding:
+        def keys_for(self, kid: str | None, algorithm: str) -> object:
+            raise KeyError("boom")
+
+    failure = verify(_unsigned({"alg": "RS256"}), AUTHORIZATION, Exploding())  # type: ignore[arg-type]
+    assert isinstance(failure, TokenFailure)
+    assert (failure.reason, failure.description) == (
+        TokenReason.MALFORMED,
+        "unverifiable token (KeyError)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "description"),
+    [
+        ({"alg": "RS256", "kid": 7}, "token header kid is not a string"),
+        ({"alg": "RS256", "crit": ["b64"]}, "critical header extensions are not supported"),
+    ],
+)
+def test_header_checks_hold_even_if_pyjwt_lets_the_header_through(
+    monkeypatch: pytest.MonkeyPatch, header: dict[str, object], description: str
+) -> None:
+    """pyjwt 2.10 refuses these headers itself; our own check must not depend on it."""
+    assert isinstance(verify(_unsigned(header), AUTHORIZATION, NoKeys()), TokenFailure)  # type: ignore[arg-type]
+    monkeypatch.setattr(jwt, "get_unverified_header", lambda token: header)
+    failure = verify(_unsigned(header), AUTHORIZATION, NoKeys())  # type: ignore[arg-type]
+    assert isinstance(failure, TokenFailure)
+    assert (failure.reason, failure.description) == (TokenReason.MALFORMED, description)
