@@ -6,6 +6,7 @@ the earlier unit suite never drove (docs/mutation.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -13,13 +14,14 @@ from typing import Any
 import jwt
 import pytest
 
-from kong_cilium_identity import access
+from kong_cilium_identity import access, metrics
 from kong_cilium_identity.access import Exchange, KongSide
 from kong_cilium_identity.decision import Consumer, Reason, deny
 from kong_cilium_identity.identity.model import Identity
 from kong_cilium_identity.plugin import Plugin, plugin_info
 from kong_cilium_identity.schema import parse_config
 from kong_cilium_identity.testing.kong_schema import config_field, validate_config
+from kong_cilium_identity.token import ConsumerClaim, TokenFailure, TokenReason
 from tests.unit.test_access_kong_side import (
     CHECKOUT,
     CHECKOUT_IP,
@@ -301,3 +303,208 @@ def test_kong_side_is_remembered_per_instance() -> None:
     kong = PdkKong()
     access._open(kong, config, None, side)
     assert kong.names() == []
+
+
+WARN = logging.WARNING
+
+
+def _counted(reason: str, mode: str, enforced: str) -> float:
+    value = metrics.DECISIONS.labels(reason, mode, enforced)._value.get()
+    assert isinstance(value, float)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("mode", "answers", "reason", "enforced", "level", "would_deny"),
+    [
+        ("enforce", {}, "allowed", "false", logging.INFO, None),
+        (
+            "enforce",
+            {"kong.client.get_ip": PAYMENTS_IP},
+            "identity_mismatch",
+            "true",
+            logging.WARNING,
+            None,
+        ),
+        (
+            "monitor",
+            {"kong.client.get_ip": PAYMENTS_IP},
+            "identity_mismatch",
+            "false",
+            logging.WARNING,
+            True,
+        ),
+        ("monitor", {}, "allowed", "false", logging.INFO, None),
+    ],
+)
+def test_every_decision_is_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+    answers: dict[str, Any],
+    reason: str,
+    enforced: str,
+    level: int,
+    would_deny: bool | None,
+) -> None:
+    plugin = Plugin(_config(mode=mode))
+    try:
+        before = _counted(reason, mode, enforced)
+        with caplog.at_level(logging.INFO, "kong_cilium_identity.decision"):
+            plugin.access(PdkKong(**answers))
+        assert _counted(reason, mode, enforced) == before + 1
+        prefix = "cilium-identity decision "
+        (record,) = [r for r in caplog.records if r.getMessage().startswith(prefix)]
+        assert record.levelno == level
+        text = record.getMessage().removeprefix(prefix)
+        fields = json.loads(text)
+        assert text == json.dumps(fields, sort_keys=True)
+        assert fields["reason"] == reason and fields["mode"] == mode
+        assert fields.get("would_deny") is would_deny
+    finally:
+        plugin.close()
+
+
+def test_nothing_is_logged_below_the_configured_level(
+    plugin: Plugin, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "kong_cilium_identity.decision"):
+        plugin.access(PdkKong())
+    assert not [r for r in caplog.records if "decision" in r.getMessage()]
+
+
+def test_an_internal_error_names_the_exception_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = parse_config(_config())
+
+    class Exploding:
+        def lookup(self, peer: object) -> object:
+            raise KeyError("boom")
+
+    with caplog.at_level(logging.ERROR, "kong_cilium_identity.decision"):
+        decision = access.handle_access(PdkKong(), config, Exploding(), None, KongSide())  # type: ignore[arg-type]
+    assert decision.reason is Reason.INTERNAL_ERROR
+    assert decision.detail == "KeyError: 'boom'"
+    assert any(r.getMessage() == "cilium-identity: internal error" for r in caplog.records)
+
+
+def test_a_failing_apply_in_monitor_mode_does_not_refuse(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = parse_config(_config(mode="monitor"))
+
+    class Broken(PdkKong):
+        def answer(self, path: str, args: tuple[Any, ...]) -> Any:
+            if path == "kong.service.request.set_headers":
+                return None, "socket closed"
+            return super().answer(path, args)
+
+    kong = Broken()
+    resolver = Plugin(_config())
+    try:
+        with caplog.at_level(logging.ERROR, "kong_cilium_identity.decision"):
+            decision = access.handle_access(kong, config, resolver.resolver, None, KongSide())
+    finally:
+        resolver.close()
+    assert decision.allowed
+    assert "kong.response.error" not in kong.names()
+    assert any(
+        r.getMessage() == "cilium-identity: could not apply decision allowed"
+        for r in caplog.records
+    )
+
+
+ROW = {"id": "0c1f0b0e-1c1a-4e44-9a39-4a0d4b5a0009", "username": "sa-user", "custom_id": "ext"}
+
+
+def test_a_token_consumer_by_custom_id_needs_no_pdk_call() -> None:
+    kong = PdkKong()
+    exchange = Exchange(kong)
+    consumer, credential = access._token_consumer(exchange, ConsumerClaim("custom_id", "ext"))
+    assert (consumer, credential) == (Consumer("custom_id:ext", None, "ext"), True)
+    assert exchange.authenticated == access.Authenticated(
+        None, (None, None, "ext"), "cilium-identity-token:ext"
+    )
+    assert kong.calls == []
+
+
+def test_a_token_consumer_by_username_is_loaded_and_authenticated() -> None:
+    kong = PdkKong(**{"kong.client.load_consumer": ROW, "kong.client.authenticate": True})
+    exchange = Exchange(kong)
+    consumer, credential = access._token_consumer(exchange, ConsumerClaim("username", "sa-user"))
+    assert consumer == Consumer(ROW["id"], "sa-user", "ext") and credential is True
+    assert kong.calls == [
+        ("kong.client.load_consumer", ("sa-user", True)),
+        ("kong.client.authenticate", (ROW, {"id": "cilium-identity-token:sa-user"})),
+    ]
+    assert exchange.authenticated == access.Authenticated(
+        ROW, (ROW["id"], "sa-user", "ext"), "cilium-identity-token:sa-user"
+    )
+
+
+def test_kong_side_the_token_consumer_is_authenticated_in_apply() -> None:
+    kong = PdkKong(**{"kong.client.load_consumer": ROW})
+    exchange = Exchange(kong, {})
+    consumer, _ = access._token_consumer(exchange, ConsumerClaim("id", ROW["id"]))
+    assert consumer is not None and consumer.id == ROW["id"]
+    assert kong.calls == [("kong.client.load_consumer", (ROW["id"], False))]
+
+
+@pytest.mark.parametrize(
+    ("claim", "row"),
+    [
+        (ConsumerClaim("id", "not-a-uuid"), ROW),  # names no consumer row: not loaded
+        (ConsumerClaim("username", "someone-else"), ROW),  # Kong returned another row
+        (ConsumerClaim("username", "sa-user"), {"username": "sa-user"}),  # row without id
+        (ConsumerClaim("username", "sa-user"), None),
+    ],
+)
+def test_a_token_consumer_that_cannot_be_proven_is_no_consumer(
+    claim: ConsumerClaim, row: Any
+) -> None:
+    kong = PdkKong(**{"kong.client.load_consumer": row})
+    exchange = Exchange(kong)
+    assert access._token_consumer(exchange, claim) == (None, False)
+    assert exchange.authenticated is None
+    assert "kong.client.authenticate" not in kong.names()
+
+
+def test_token_denials_keep_status_and_challenge() -> None:
+    bad = access._token_denial(TokenFailure.of(TokenReason.BAD_REQUEST, "two tokens"))
+    assert (bad.reason, bad.status, bad.detail) == (
+        Reason.INVALID_TOKEN,
+        400,
+        "token_bad_request: two tokens",
+    )
+    assert bad.response_headers["WWW-Authenticate"].startswith('Bearer realm="kong", error=')
+    down = access._token_denial(TokenFailure.of(TokenReason.KEYS_UNAVAILABLE, "timeout"))
+    assert (down.reason, down.status, down.detail) == (
+        Reason.SOURCE_UNAVAILABLE,
+        503,
+        "token_keys_unavailable: timeout",
+    )
+    assert dict(down.response_headers) == {}
+
+
+def test_consumer_headers_for_the_token_consumer() -> None:
+    authenticated = access.Authenticated(None, ("c-1", None, "ext"), "cred")
+    assert access._consumer_headers(authenticated) == {
+        "X-Consumer-ID": "c-1",
+        "X-Consumer-Username": False,
+        "X-Consumer-Custom-ID": "ext",
+        "X-Credential-Identifier": "cred",
+        "X-Anonymous-Consumer": False,
+    }
+
+
+def test_facts_request_names_what_to_read() -> None:
+    config = parse_config(_config())
+    assert access.facts_request(config, None) == {
+        "ip_source": "connection",
+        "header_prefix": "X-Cilium-",
+        "token_header": "",
+        "jwt": False,
+        "ports": False,
+    }
+    rules = parse_config(_config(claim_rules=[{"claim": "ns", "equals": "identity.namespace"}]))
+    assert access.facts_request(rules, None)["jwt"] is True
