@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from kong_cilium_identity import access, metrics
 from kong_cilium_identity.access import Exchange, KongSide
 from kong_cilium_identity.decision import Consumer, Reason, deny
-from kong_cilium_identity.identity.model import Identity
+from kong_cilium_identity.identity.model import Identity, Lookup, Peer
 from kong_cilium_identity.plugin import Plugin, plugin_info
 from kong_cilium_identity.schema import parse_config
 from kong_cilium_identity.testing.kong_schema import config_field, validate_config
@@ -508,3 +509,134 @@ def test_facts_request_names_what_to_read() -> None:
     }
     rules = parse_config(_config(claim_rules=[{"claim": "ns", "equals": "identity.namespace"}]))
     assert access.facts_request(rules, None)["jwt"] is True
+
+
+def test_enforce_stops_asking_once_there_is_no_consumer(plugin: Plugin) -> None:
+    kong = PdkKong(**{"kong.client.get_consumer": None})
+    plugin.access(kong)
+    assert kong.names() == [
+        "kong.cilium_identity.facts",
+        "kong.client.get_consumer",
+        "kong.response.error",
+    ]
+    anonymous = PdkKong(**{"kong.client.get_credential": None})
+    plugin.access(anonymous)
+    assert "kong.client.get_ip" not in anonymous.names()
+
+
+def test_monitor_still_resolves_the_identity_of_an_anonymous_caller() -> None:
+    plugin = Plugin(_config(mode="monitor"))
+    try:
+        kong = PdkKong(**{"kong.client.get_consumer": None, "kong.client.get_credential": None})
+        plugin.access(kong)
+        assert "kong.client.get_ip" in kong.names()
+        assert "kong.response.error" not in kong.names()
+    finally:
+        plugin.close()
+
+
+def test_claim_rules_read_the_token_kong_s_jwt_plugin_verified() -> None:
+    rules = [{"claim": "ns", "equals": "identity.namespace"}]
+    plugin = Plugin(_config(claim_rules=rules))
+    try:
+        good = jwt.encode({"ns": "shop"}, "k" * 32, algorithm="HS256")
+        kong = PdkKong(**{"kong.ctx.shared.get": good})
+        plugin.access(kong)
+        assert kong.args_of("kong.ctx.shared.get") == ("authenticated_jwt_token",)
+        assert "kong.service.request.set_headers" in kong.names()
+        other = jwt.encode({"ns": "dev"}, "k" * 32, algorithm="HS256")
+        refused = PdkKong(**{"kong.ctx.shared.get": other})
+        plugin.access(refused)
+        assert refused.calls[-1] == ("kong.response.error", (403, "Forbidden (claim_mismatch)"))
+    finally:
+        plugin.close()
+
+
+def test_the_lookup_gets_the_canonical_address_and_both_ports() -> None:
+    asked: list[Peer] = []
+
+    class Recorder:
+        def lookup(self, peer: Peer) -> Lookup:
+            asked.append(peer)
+            return Lookup.unknown("test")
+
+    lookup = access._lookup(Recorder(), "::ffff:10.0.0.7", 40000, 8000)  # type: ignore[arg-type]
+    assert lookup.source == "test"
+    assert asked == [Peer("10.0.0.7", 40000, 8000)]
+
+
+def test_the_missing_companion_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config(_config())
+    side = KongSide()
+    with caplog.at_level(logging.WARNING, "kong_cilium_identity.decision"):
+        access._open(PdkKong(), config, None, side)
+        access._open(PdkKong(), config, None, KongSide())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("cilium-identity: Kong has no cilium-identity-guard plugin")
+    assert warnings[0].endswith("no refusal when the plugin server is unreachable)")
+    caplog.clear()
+    native_side = KongSide()
+    exchange = access._open(FakeKong({"v": 1}), config, None, native_side)
+    assert native_side.available is True and exchange.native == {"v": 1}
+    assert caplog.records == []
+
+
+def test_a_status_without_a_message_reads_forbidden() -> None:
+    config = parse_config(_config())
+    decision = deny(Reason.IDENTITY_MISMATCH, "x", status_code=418)
+    assert access._client_message(config, decision) == "Forbidden (identity_mismatch)"
+
+
+def test_kong_side_answers_carry_credential_and_refusal_headers() -> None:
+    config = parse_config(_config())
+    kong = FakeKong({})
+    exchange = Exchange(kong, {})
+    exchange.authenticated = access.Authenticated(ROW, (ROW["id"], "sa-user", None), "cred-9")
+    allowed = access.Decision(True, Reason.ALLOWED, consumer=Consumer(ROW["id"], "sa-user"))
+    access._apply_native(exchange, config, allowed)
+    answer = kong.applied()
+    assert answer["authenticate"] == {"consumer": ROW, "credential": {"id": "cred-9"}}
+    assert answer["upstream"]["X-Consumer-Custom-ID"] is False
+
+    refused = FakeKong({})
+    denial = deny(
+        Reason.INVALID_TOKEN, "x", status_code=400, response_headers={"WWW-Authenticate": "B"}
+    )
+    access._apply_native(Exchange(refused, {}), config, denial)
+    assert refused.applied()["headers"] == {"WWW-Authenticate": "B"}
+    assert refused.applied()["status"] == 400
+
+
+def test_log_entry_for_an_enforced_denial_and_an_allow() -> None:
+    config = parse_config(_config())
+    observed = time.time() - 2.0
+    identity = Identity.build(300, [], source="static", cluster="c1", observed_at=observed)
+    consumer = Consumer("c-1", "alice")
+    denied = access.log_entry(config, deny(Reason.IDENTITY_MISMATCH, "x", consumer=consumer))
+    assert denied == {
+        "decision": "deny",
+        "reason": "identity_mismatch",
+        "mode": "enforce",
+        "enforced": True,
+        "consumer": "alice",
+    }
+    allowed = access.log_entry(
+        config, access.Decision(True, Reason.ALLOWED, identity=identity, consumer=consumer)
+    )
+    age = allowed.pop("age")
+    assert 2.0 <= age < 60 and round(age, 3) == age
+    assert allowed == {
+        "decision": "allow",
+        "reason": "allowed",
+        "mode": "enforce",
+        "enforced": True,
+        "consumer": "alice",
+        "identity": 300,
+        "source": "static",
+        "cluster": "c1",
+    }
+    future = Identity.build(300, [], observed_at=time.time() + 100)
+    assert (
+        access.log_entry(config, deny(Reason.IDENTITY_MISMATCH, "x", identity=future))["age"] == 0.0
+    )
