@@ -179,12 +179,20 @@ def test_claim_rule_parsing() -> None:
         "identity.namespace",
         None,
     )
-    with pytest.raises(LabelError, match="claim path is empty"):
-        ClaimRule.parse("  ", "app")
-    with pytest.raises(LabelError, match=r"unknown identity attribute 'identity.labels'"):
-        ClaimRule.parse("x", "identity.labels")
-    with pytest.raises(LabelError, match="must be a label key without '='"):
-        ClaimRule.parse("x", "k8s:app=a")
+    for claim, target, message in [
+        ("  ", "app", "claim path is empty"),
+        (
+            "x",
+            "identity.labels",
+            "unknown identity attribute 'identity.labels'; use one of identity.id, "
+            "identity.namespace, identity.service_account, identity.pod, identity.pod_uid, "
+            "identity.cluster",
+        ),
+        ("x", "k8s:app=a", "claim rule target 'k8s:app=a' must be a label key without '='"),
+    ]:
+        with pytest.raises(LabelError) as raised:
+            ClaimRule.parse(claim, target)
+        assert str(raised.value) == message
 
 
 def test_consumer_from_kong_row() -> None:
@@ -216,8 +224,9 @@ def test_policy_build_parses_and_merges() -> None:
     assert policy.allowed_reserved == frozenset({104})
     assert Policy.build([]).tag_prefix == "cilium-identity:"
     assert Policy().tag_prefix == "cilium-identity:"
-    with pytest.raises(LabelError, match="binding with an empty consumer"):
+    with pytest.raises(LabelError) as raised:
         Policy.build([("  ", ["1"])])
+    assert str(raised.value) == "binding with an empty consumer"
 
 
 def test_tag_prefix_none_ignores_tags_and_duplicates_collapse() -> None:
