@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from collections import Counter, defaultdict
+from pathlib import Path
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 NOT_RUN = {"not checked", "skipped"}
 _LINE = re.compile(r"^\s*(?P<module>[\w.]+)\.x[_\u01c1].*__mutmut_\d+: (?P<status>.+)$")
 
 
+def configured_modules() -> set[str]:
+    """Dotted names of the files in ``[tool.mutmut] only_mutate``: a module dropped from
+    the list keeps its old results in ./mutants, which must not count."""
+    config = tomllib.loads(Path("pyproject.toml").read_text("utf-8"))["tool"]["mutmut"]
+    return {path.removesuffix(".py").replace("/", ".") for path in config["only_mutate"]}
+
+
 def main() -> int:
+    modules = configured_modules()
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     for line in sys.stdin:
         match = _LINE.match(line.rstrip("\n"))
-        if match is not None:
+        if match is not None and match["module"] in modules:
             by_module[match["module"]][match["status"].strip()] += 1
     if not by_module:
         print("no mutants found: run `bash benchmarks/mutation.sh` first", file=sys.stderr)
