@@ -7,15 +7,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kong_cilium_identity.token.keys import KeyMatch, VerificationKey
 from kong_cilium_identity.token.settings import TokenSettings
 from kong_cilium_identity.token.verify import (
     ClaimShapeError,
     TokenFailure,
     TokenReason,
+    Verified,
     _encodable,
     _failure_for,
     extract_token,
@@ -190,3 +194,69 @@ def test_header_checks_hold_even_if_pyjwt_lets_the_header_through(
     failure = verify(_unsigned(header), AUTHORIZATION, NoKeys())  # type: ignore[arg-type]
     assert isinstance(failure, TokenFailure)
     assert (failure.reason, failure.description) == (TokenReason.MALFORMED, description)
+
+
+# --------------------------------------------------------------------------- signed tokens
+
+_KEY_A = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_KEY_B = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_NOW = int(time.time())
+_SETTINGS = dataclasses.replace(
+    TokenSettings(), issuer="https://issuer.test", audiences=("kong",), required_claims=()
+)
+
+
+class StaticKeys:
+    """A key store holding fixed candidate keys for every kid."""
+
+    def __init__(self, *keys: rsa.RSAPrivateKey, unavailable: str | None = None) -> None:
+        self._match = KeyMatch(
+            tuple(VerificationKey(key.public_key()) for key in keys), unavailable
+        )
+
+    def keys_for(self, kid: str | None, algorithm: str) -> KeyMatch:
+        return self._match
+
+
+def _signed(key: rsa.RSAPrivateKey = _KEY_A, kid: str | None = "k1", **claims: object) -> str:
+    payload = {"iss": "https://issuer.test", "aud": "kong", "exp": _NOW + 300, **claims}
+    payload = {name: value for name, value in payload.items() if value is not None}
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid} if kid else None)
+
+
+def test_a_verified_token_reports_its_kid_and_algorithm() -> None:
+    result = verify(_signed(sub="a"), _SETTINGS, StaticKeys(_KEY_A))  # type: ignore[arg-type]
+    assert isinstance(result, Verified)
+    assert (result.key_id, result.algorithm, result.claims["sub"]) == ("k1", "RS256", "a")
+
+
+def test_every_candidate_key_is_tried_before_the_signature_fails() -> None:
+    keys = StaticKeys(_KEY_B, _KEY_A)
+    assert isinstance(verify(_signed(), _SETTINGS, keys), Verified)  # type: ignore[arg-type]
+    failure = verify(_signed(), _SETTINGS, StaticKeys(_KEY_B))  # type: ignore[arg-type]
+    assert isinstance(failure, TokenFailure)
+    assert (failure.reason, failure.description) == (
+        TokenReason.SIGNATURE,
+        "signature verification failed",
+    )
+
+
+@pytest.mark.parametrize("claim", ["exp", "iss", "aud"])
+def test_exp_iss_and_aud_are_required_even_when_no_claim_is_configured(claim: str) -> None:
+    """A token that never expires must not pass, whatever required_claims says."""
+    token = _signed(**{claim: None})
+    failure = verify(token, _SETTINGS, StaticKeys(_KEY_A))  # type: ignore[arg-type]
+    assert isinstance(failure, TokenFailure)
+    assert failure.reason is TokenReason.CLAIMS
+
+
+def test_no_key_for_the_kid_is_an_unknown_key_or_unavailable_keys() -> None:
+    unknown = verify(_signed(), _SETTINGS, StaticKeys())  # type: ignore[arg-type]
+    assert isinstance(unknown, TokenFailure)
+    assert (unknown.reason, unknown.description) == (
+        TokenReason.UNKNOWN_KEY,
+        "no key matches the token's kid",
+    )
+    down = verify(_signed(), _SETTINGS, StaticKeys(unavailable="jwks timeout"))  # type: ignore[arg-type]
+    assert isinstance(down, TokenFailure)
+    assert (down.status, down.description) == (503, "signing keys unavailable: jwks timeout")
