@@ -6,9 +6,11 @@ the earlier unit suite never drove (docs/mutation.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,8 @@ import pytest
 from kong_cilium_identity import access, metrics
 from kong_cilium_identity.access import Exchange, KongSide
 from kong_cilium_identity.decision import Consumer, Reason, deny
-from kong_cilium_identity.identity.model import Identity, Lookup, Peer
+from kong_cilium_identity.identity.model import Identity, Lookup, LookupStatus, Peer
+from kong_cilium_identity.identity.resolver import ResolverSettings
 from kong_cilium_identity.plugin import Plugin, plugin_info
 from kong_cilium_identity.schema import parse_config
 from kong_cilium_identity.testing.kong_schema import config_field, validate_config
@@ -573,8 +576,11 @@ def test_the_missing_companion_is_warned_about_once(caplog: pytest.LogCaptureFix
         access._open(PdkKong(), config, None, KongSide())
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
-    assert warnings[0].startswith("cilium-identity: Kong has no cilium-identity-guard plugin")
-    assert warnings[0].endswith("no refusal when the plugin server is unreachable)")
+    assert warnings[0] == (
+        "cilium-identity: Kong has no cilium-identity-guard plugin installed; using plain PDK "
+        "calls (more round trips, a 1,000-header window, and no refusal when the plugin "
+        "server is unreachable)"
+    )
     caplog.clear()
     native_side = KongSide()
     exchange = access._open(FakeKong({"v": 1}), config, None, native_side)
@@ -640,3 +646,106 @@ def test_log_entry_for_an_enforced_denial_and_an_allow() -> None:
     assert (
         access.log_entry(config, deny(Reason.IDENTITY_MISMATCH, "x", identity=future))["age"] == 0.0
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PinningSource:
+    """Settings of a source that pins the connection (like Hubble's match_ports)."""
+
+    match_ports: bool = True
+
+
+def test_a_pinning_source_gets_both_ports_from_kong() -> None:
+    config = parse_config(_config())
+    pinning = dataclasses.replace(config, resolver=ResolverSettings((("hubble", PinningSource()),)))
+    asked: list[Peer] = []
+
+    class Recorder:
+        def lookup(self, peer: Peer) -> Lookup:
+            asked.append(peer)
+            return Lookup.unknown("test")
+
+    kong = PdkKong(**{"kong.client.get_port": 40000, "kong.request.get_port": 8000})
+    decision = access._decide_for(
+        Exchange(kong),
+        pinning,
+        Recorder(),  # type: ignore[arg-type]
+        (Consumer("c-1"), True),
+        None,
+    )
+    assert decision.reason is Reason.IDENTITY_UNKNOWN
+    assert asked == [Peer(CHECKOUT_IP, 40000, 8000)]
+    access._decide_for(Exchange(PdkKong()), config, Recorder(), (Consumer("c-1"), True), None)  # type: ignore[arg-type]
+    assert asked[-1] == Peer(CHECKOUT_IP, None, None)
+
+
+def test_kong_side_ports_come_from_the_facts() -> None:
+    config = parse_config(_config())
+    native = {"port": 40000, "server_port": 8000}
+    assert Exchange(PdkKong(), native).ports(config) == (40000, 8000)
+
+
+def test_no_client_address_is_unknown_to_kong() -> None:
+    lookup = access._lookup(None, None)  # type: ignore[arg-type]
+    assert (lookup.status, lookup.source) == (LookupStatus.UNKNOWN, "kong")
+
+
+def test_a_failure_before_the_facts_still_refuses_with_the_reason(plugin: Plugin) -> None:
+    class Raising(PdkKong):
+        def answer(self, path: str, args: tuple[Any, ...]) -> Any:
+            if path == "kong.cilium_identity.facts":
+                raise ConnectionError("socket closed")
+            return super().answer(path, args)
+
+    kong = Raising()
+    plugin.access(kong)
+    assert kong.calls == [
+        ("kong.response.error", (500, "An unexpected error occurred (internal_error)"))
+    ]
+
+
+def test_a_stock_kong_without_settling_calls_is_refused_directly() -> None:
+    """kong-pdk's own PDK object has no ``settling_calls`` attribute at all."""
+    refused: list[tuple[Any, ...]] = []
+
+    class Response:
+        def error(self, *args: Any) -> None:
+            refused.append(args)
+
+    class StockKong:
+        response = Response()
+
+    config = parse_config(_config())
+    access._apply_native(Exchange(StockKong(), {}), config, deny(Reason.NO_BINDING, "x"))
+    assert refused == [(403, "Forbidden (no_binding)")]
+
+
+def test_over_pdk_a_token_consumer_is_authenticated_and_named_upstream() -> None:
+    config = parse_config(_config())
+    kong = PdkKong(**{"kong.request.get_headers": {"X-Consumer-ID": "forged"}})
+    exchange = Exchange(kong)
+    exchange.authenticated = access.Authenticated(ROW, (ROW["id"], "sa-user", None), "cred-9")
+    identity = Identity.build(300, [])
+    allowed = access.Decision(True, Reason.ALLOWED, identity=identity)
+    access._apply_pdk(exchange, config, allowed)
+    (table,) = kong.args_of("kong.service.request.set_headers")
+    assert table["X-Consumer-ID"] == ROW["id"]
+    assert table["X-Consumer-Username"] == "sa-user"
+    assert table["X-Consumer-Custom-ID"] == []  # cleared: the token's consumer has none
+    assert table["X-Credential-Identifier"] == "cred-9"
+    assert table["X-Anonymous-Consumer"] == []
+    assert table["X-Cilium-Identity"] == "300"
+
+
+def test_the_token_is_read_from_the_configured_header_over_pdk() -> None:
+    exchange = Exchange(PdkKong(**{"kong.request.get_headers": {"x-tok": "Bearer a.b.c"}}))
+    assert exchange.token_value("x-tok") == "Bearer a.b.c"
+    assert exchange.token_value("authorization") is None
+
+
+def test_the_logged_age_is_in_seconds_to_the_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(access, "time", types.SimpleNamespace(time=lambda: 1000.123456))
+    config = parse_config(_config())
+    identity = Identity.build(300, [], observed_at=997.0)
+    entry = access.log_entry(config, deny(Reason.IDENTITY_MISMATCH, "x", identity=identity))
+    assert entry["age"] == 3.123
