@@ -25,7 +25,8 @@ from kong_cilium_identity.identity.resolver import ResolverSettings
 from kong_cilium_identity.plugin import Plugin, plugin_info
 from kong_cilium_identity.schema import parse_config
 from kong_cilium_identity.testing.kong_schema import config_field, validate_config
-from kong_cilium_identity.token import ConsumerClaim, TokenFailure, TokenReason
+from kong_cilium_identity.token import ConsumerClaim, TokenFailure, TokenReason, Verified
+from kong_cilium_identity.token.settings import TokenSettings
 from tests.unit.test_access_kong_side import (
     CHECKOUT,
     CHECKOUT_IP,
@@ -749,3 +750,34 @@ def test_the_logged_age_is_in_seconds_to_the_millisecond(monkeypatch: pytest.Mon
     identity = Identity.build(300, [], observed_at=997.0)
     entry = access.log_entry(config, deny(Reason.IDENTITY_MISMATCH, "x", identity=identity))
     assert entry["age"] == 3.123
+
+
+class StubVerifier:
+    """Accepts exactly ``Bearer good`` from the configured header, with fixed claims."""
+
+    def __init__(self, claims: dict[str, Any]) -> None:
+        self.settings = dataclasses.replace(
+            TokenSettings(), enabled=True, header="x-tok", consumer_claim="sub"
+        )
+        self.claims = claims
+        self.seen: list[object] = []
+
+    def check(self, value: object) -> Verified | TokenFailure:
+        self.seen.append(value)
+        if value == "Bearer good":
+            return Verified(self.claims, None, "RS256")
+        return TokenFailure.of(TokenReason.MISSING, "no bearer token")
+
+
+def test_the_token_check_reads_its_header_and_names_a_bad_consumer_claim() -> None:
+    config = parse_config(_config())
+    kong = PdkKong(**{"kong.request.get_headers": {"x-tok": "Bearer good"}})
+    verifier = StubVerifier({"iss": "x"})
+    decision = access._decide(Exchange(kong), config, None, verifier)  # type: ignore[arg-type]
+    assert verifier.seen == ["Bearer good"]
+    assert (decision.reason, decision.status, decision.detail) == (
+        Reason.INVALID_TOKEN,
+        401,
+        "token_claims: claim sub is not a non-empty string",
+    )
+    assert "kong.client.get_consumer" not in kong.names()
