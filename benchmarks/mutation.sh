@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation score of the security-critical modules, per module and in total.
 #
-#   bash benchmarks/mutation.sh                 # fresh full run (about 20-30 min on 2 cores), then the score
+#   bash benchmarks/mutation.sh                 # fresh full run (about 10 min on 2 shared cores), then the score
 #   bash benchmarks/mutation.sh --report-only   # the score of the last run in ./mutants
 #
 # The modules and the mutant-killing test suites are set in [tool.mutmut] in
