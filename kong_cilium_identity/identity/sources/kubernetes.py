@@ -308,7 +308,7 @@ def plan_watches(
 def _failure_text(error: Exception | None) -> str | None:
     """Why a watch cannot list, when the API server refused it outright."""
     if isinstance(error, ApiException) and error.status == HTTP_FORBIDDEN:
-        return "forbidden (RBAC): grant get/list/watch on it (deploy/rbac.yaml)"
+        return "forbidden (RBAC): grant get/list/watch on it (deploy/kubernetes/rbac.yaml)"
     if isinstance(error, ApiException) and error.status == HTTP_UNAUTHORIZED:
         return "unauthorized: the API server rejected the credentials"
     return None
