@@ -59,3 +59,12 @@ def test_pdk_method_walks_the_dotted_name() -> None:
     )
     with pytest.raises(ValueError):
         kong_contract.pdk_method(Node("kong"), "ngx.ctx")
+
+
+def test_the_guard_carries_the_package_version_and_sits_below_the_plugin() -> None:
+    handler = (GUARD_DIR / "handler.lua").read_text(encoding="utf-8")
+    [version] = re.findall(r'VERSION = "([^"]+)"', handler)
+    [priority] = re.findall(r"PRIORITY = (\d+)", handler)
+    assert version == plugin.version
+    # after cilium-identity (1000), before ip-restriction (990) and acl (950)
+    assert 990 < int(priority) < plugin.priority
