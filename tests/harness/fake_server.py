@@ -69,6 +69,8 @@ class FakePluginServer:
                 unpacker.feed(chunk)
                 for request in unpacker:
                     self.requests.append(request)
+                    if not (isinstance(request, list) and len(request) == 4):
+                        continue  # not a request (a stray peer): nothing to answer
                     _, msgid, method, params = request
                     if self.notify:
                         conn.sendall(msgpack.packb([2, "serverPid", self.pid]))
