@@ -19,8 +19,9 @@ from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.resolver import CacheSettings, ResolverSettings
 from kong_cilium_identity.identity.sources import SOURCE_KINDS
-from kong_cilium_identity.policy.decision import Policy
+from kong_cilium_identity.policy.decision import ClaimRule, Policy
 from kong_cilium_identity.policy.labels import LabelError
+from kong_cilium_identity.policy.selectors import parse_selector
 from kong_cilium_identity.token import SCHEMA as TOKEN_SCHEMA
 from kong_cilium_identity.token import TokenSettings, claim_rules_for
 from kong_cilium_identity.token import parse_settings as parse_token_settings
@@ -285,12 +286,23 @@ def _policy(raw: Mapping[str, Any], template_rules: list[tuple[str, str]]) -> Po
         selectors = binding.get("selectors")
         if not isinstance(consumer, str) or not isinstance(selectors, list) or not selectors:
             raise ConfigError(f"bindings[{index}]: needs a consumer and at least one selector")
-        bindings.append((consumer, [str(text) for text in selectors]))
+        texts = [str(text) for text in selectors]
+        for position, text in enumerate(texts):
+            try:
+                parse_selector(text)
+            except LabelError as error:
+                raise ConfigError(f"bindings[{index}].selectors[{position}]: {error}") from None
+        bindings.append((consumer, texts))
     rules = []
     for index, rule in enumerate(COMMON.value(raw, "claim_rules")):
         if not isinstance(rule, Mapping):
             raise ConfigError(f"claim_rules[{index}]: expected a record")
-        rules.append((str(rule.get("claim") or ""), str(rule.get("equals") or "")))
+        claim, target = str(rule.get("claim") or ""), str(rule.get("equals") or "")
+        try:
+            ClaimRule.parse(claim, target)
+        except LabelError as error:
+            raise ConfigError(f"claim_rules[{index}]: {error}") from None
+        rules.append((claim, target))
     rules.extend(template_rules)
     allowed = [int(value) for value in COMMON.value(raw, "allow_reserved_identities")]
     tag_prefix = COMMON.value(raw, "tag_prefix") if COMMON.value(raw, "consumer_tags") else None
