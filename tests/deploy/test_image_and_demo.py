@@ -11,12 +11,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from kong_cilium_identity.ops.tools import load_config
 from tests.deploy.helpers import (
     COMPOSE,
     GUARD,
@@ -28,6 +30,7 @@ from tests.deploy.helpers import (
     load_yaml,
 )
 from tests.e2e.conftest import running_server
+from tests.kit.fake_kube import FakeKubeApi
 from tests.kit.kong import KongHarness, KongRequest
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -257,7 +260,50 @@ def test_helm_values_match_the_image_and_the_manifests() -> None:
         )
 
 
-def test_helm_values_plugin_server_commands_run(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[FakeKubeApi]:
+    """An API server for the preloaded kubernetes source (serving no endpoints)."""
+    with FakeKubeApi() as fake:
+        yield fake
+
+
+def shipped_preload() -> str:
+    """The preload file the Helm values mount from the ConfigMap."""
+    (config_map,) = [
+        d
+        for d in yaml.safe_load_all((KUBERNETES / "cilium-identity-preload.yaml").read_text())
+        if d
+    ]
+    values = load_yaml(HELM_VALUES)
+    (mount,) = [m for m in values["extraConfigMaps"] if m["name"] == config_map["metadata"]["name"]]
+    start = values["env"]["pluginserver_cilium_identity_start_cmd"].split()
+    path = Path(start[start.index("--preload-config") + 1])
+    assert path.parent == Path(mount["mountPath"]) and path.name in config_map["data"]
+    text: str = config_map["data"][path.name]
+    return text
+
+
+def test_preloaded_sources_are_the_ones_kongs_instances_use() -> None:
+    """/readyz waits for the preloaded sources; Kong's instances share them only when their
+    source settings are equal (one watch), so every shipped config that uses a preloaded
+    source kind must configure it exactly as the preload does."""
+    raw = yaml.safe_load(shipped_preload())
+    preload = load_config(raw)
+    kinds = [kind for kind, _ in preload.resolver.sources]
+    assert kinds == ["kubernetes"]
+    plugins = [
+        d
+        for name in ("kong-plugins.yaml", "kong-cluster-plugins.yaml")
+        for d in yaml.safe_load_all((KUBERNETES / name).read_text())
+        if d and d.get("plugin") == PLUGIN
+    ]
+    users = [p for p in plugins if "kubernetes" in p["config"]["sources"]]
+    assert len(users) == len(plugins) == 2
+    for plugin in users:
+        assert plugin["config"].get("kubernetes") == raw.get("kubernetes"), plugin["metadata"]
+
+
+def test_helm_values_plugin_server_commands_run(tmp_path: Path, cluster: FakeKubeApi) -> None:
     """The values' query_cmd and start_cmd, with the image's binary replaced by this
     interpreter and /kong_prefix by a temporary folder, drive a request through Kong's
     plugin-server protocol."""
@@ -271,6 +317,12 @@ def test_helm_values_plugin_server_commands_run(tmp_path: Path) -> None:
         words = [str(tmp_path) if w == "/kong_prefix" else w for w in words[1:]]
         if "--metrics-port" in words:
             words[words.index("--metrics-port") + 1] = "0"  # no fixed port in a shared CI
+        if "--preload-config" in words:  # the mounted ConfigMap, its API server a fake one
+            preload = yaml.safe_load(shipped_preload())
+            preload["kubernetes"] = {"api_url": cluster.url}
+            path = tmp_path / "preload.yaml"
+            path.write_text(yaml.safe_dump(preload))
+            words[words.index("--preload-config") + 1] = str(path)
         return [*local, *words]
 
     start = localize(env["pluginserver_cilium_identity_start_cmd"])

@@ -39,6 +39,7 @@ CRD_SCHEMAS = {
 }
 CORE_KINDS = {
     ("v1", "Secret"),
+    ("v1", "ConfigMap"),
     ("networking.k8s.io/v1", "Ingress"),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
