@@ -9,8 +9,12 @@ import ipaddress
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -346,3 +350,51 @@ def test_helm_values_plugin_server_commands_run(tmp_path: Path, cluster: FakeKub
             ),
         )
         assert outcome.proxied and outcome.status == 200
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_compose_start_cmd_is_the_images_plus_a_preload_and_turns_ready(tmp_path: Path) -> None:
+    """The demo's healthcheck asks /readyz; with kong.yaml preloaded the plugin server is
+    ready without a first request (the request that would start the sources never comes
+    before the service is healthy)."""
+    image = dockerfile_env()["KONG_PLUGINSERVER_CILIUM_IDENTITY_START_CMD"].split()
+    kong_env = load_yaml(COMPOSE)["services"]["kong"]["environment"]
+    words = kong_env["KONG_PLUGINSERVER_CILIUM_IDENTITY_START_CMD"].split()
+    assert words[: len(image)] == image
+    assert words[len(image) :] == ["--preload-config", "/kong/kong.yaml"]
+    volumes = load_yaml(COMPOSE)["services"]["kong"]["volumes"]
+    assert "../kong.yaml:/kong/kong.yaml:ro" in volumes
+
+    port = free_port()
+    local = {
+        "/usr/local/kong": str(tmp_path),
+        "/kong/kong.yaml": str(KONG_YAML),
+        "9542": str(port),
+    }
+    command = [sys.executable, "-m", "kong_cilium_identity.cli"]
+    command += [local.get(word, word) for word in words[1:]]
+    server = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    status = r.status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            except OSError:
+                status = 0
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
