@@ -79,3 +79,19 @@ def annotation_plugins(document: dict[str, Any]) -> list[str]:
 
 def command_words(command: str) -> list[str]:
     return re.split(r"\s+", command.strip())
+
+
+def kic_tags(document: dict[str, Any]) -> list[str]:
+    """The tags KIC gives the consumer it generates from a KongConsumer: its own k8s-*
+    tags, then the comma-separated ``konghq.com/tags`` annotation."""
+    metadata = document["metadata"]
+    group, version = document["apiVersion"].split("/")
+    tags = [
+        f"k8s-name:{metadata['name']}",
+        f"k8s-namespace:{metadata['namespace']}",
+        f"k8s-kind:{document['kind']}",
+        f"k8s-group:{group}",
+        f"k8s-version:{version}",
+    ]
+    annotation = (metadata.get("annotations") or {}).get("konghq.com/tags", "")
+    return tags + [tag.strip() for tag in annotation.split(",") if tag.strip()]

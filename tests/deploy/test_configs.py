@@ -22,6 +22,7 @@ from tests.deploy.helpers import (
     ROOT,
     annotation_plugins,
     kic_plugin,
+    kic_tags,
     load_yaml,
     manifests,
     of_kind,
@@ -178,17 +179,7 @@ def test_validate_refuses_the_cluster_plugin_without_its_certificates(tmp_path: 
 def kic_consumer(document: dict[str, Any]) -> dict[str, Any]:
     """The consumer KIC generates from a KongConsumer: its own k8s-* tags, then the
     comma-separated ``konghq.com/tags`` annotation, as Kong tags."""
-    metadata = document["metadata"]
-    group, version = document["apiVersion"].split("/")
-    tags = [
-        f"k8s-name:{metadata['name']}",
-        f"k8s-namespace:{metadata['namespace']}",
-        f"k8s-kind:{document['kind']}",
-        f"k8s-group:{group}",
-        f"k8s-version:{version}",
-    ]
-    annotation = (metadata.get("annotations") or {}).get("konghq.com/tags", "")
-    tags += [tag.strip() for tag in annotation.split(",") if tag.strip()]
+    tags = kic_tags(document)
     return {
         "id": f"id-{document['username']}",
         "username": document["username"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.deploy.helpers import PLUGIN, annotation_plugins, of_kind
+from tests.deploy.helpers import PLUGIN, annotation_plugins, kic_tags, of_kind
 
 
 def _namespaced_plugin(namespace: str, name: str) -> dict[str, Any]:
@@ -23,16 +23,7 @@ def _namespaced_plugin(namespace: str, name: str) -> dict[str, Any]:
 
 def _consumer(document: dict[str, Any], keys: dict[tuple[str, str], str]) -> dict[str, Any]:
     metadata = document["metadata"]
-    group, version = document["apiVersion"].split("/")
-    tags = [
-        f"k8s-name:{metadata['name']}",
-        f"k8s-namespace:{metadata['namespace']}",
-        f"k8s-kind:{document['kind']}",
-        f"k8s-group:{group}",
-        f"k8s-version:{version}",
-    ]
-    annotation = (metadata.get("annotations") or {}).get("konghq.com/tags", "")
-    tags += [tag.strip() for tag in annotation.split(",") if tag.strip()]
+    tags = kic_tags(document)
     consumer: dict[str, Any] = {"username": document["username"], "tags": tags}
     if document.get("custom_id"):
         consumer["custom_id"] = document["custom_id"]
