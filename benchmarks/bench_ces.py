@@ -7,9 +7,10 @@ operator's default batch) sharing 2,000 identities across 50 namespaces:
   and of the CiliumIdentity table the slices' ids are joined with;
 - RSS the built index (slices and identities) adds to the process;
 - lookup cost (``KubernetesSource.lookup`` and the bare index), hits and misses;
-- slice watch events applied per second, from JSON lines as the watch reads them:
-  pod churn (one member of the slice replaced), every member relabelled, and whole
-  slices deleted and added;
+- slice watch events applied per second, from JSON lines decoded as the watch decodes
+  them: pod churn (one member of the slice replaced, or one added or removed; the members
+  in a new order every time, as the operator writes them), every member relabelled, and
+  whole slices deleted and added;
 - the same sync end to end: the source discovering and listing the fake API server.
 
 Targets: build <= 3 s, <= 300 MB added RSS, lookup <= 5 us, >= 10,000 slice events/s.
@@ -24,6 +25,7 @@ import gc
 import ipaddress
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -35,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kong_cilium_identity.identity.cep_index import EndpointIndex  # noqa: E402
-from kong_cilium_identity.identity.cep_watch import ListWatch, WatchSettings, decode  # noqa: E402
+from kong_cilium_identity.identity.ces_decode import SLICE_CODEC  # noqa: E402
+from kong_cilium_identity.identity.cep_watch import Codec, ListWatch, WatchSettings  # noqa: E402
 from kong_cilium_identity.identity.model import Peer  # noqa: E402
 from kong_cilium_identity.identity.sources.kubernetes import create, parse_settings  # noqa: E402
 from tests.kit.fake_kube import (  # noqa: E402
@@ -144,11 +147,12 @@ class PagesApi:
 def list_into(index: EndpointIndex, plural: str, bodies: list[bytes]) -> None:
     """The production list path (``ListWatch.list_once``) minus the network."""
     relists = {
-        "ciliumendpointslices": (index.begin_slice_relist, index.apply_slice),
-        "ciliumidentities": (index.begin_identity_relist, index.apply_identity),
+        "ciliumendpointslices": (index.begin_slice_relist, index.apply_slice, SLICE_CODEC),
+        "ciliumidentities": (index.begin_identity_relist, index.apply_identity, Codec()),
     }
-    begin, apply = relists[plural]
-    ListWatch(PagesApi(bodies), plural, begin, apply, WatchSettings(), "v2alpha1").list_once()
+    begin, apply, codec = relists[plural]
+    api = PagesApi(bodies)
+    ListWatch(api, plural, begin, apply, WatchSettings(), "v2alpha1", codec).list_once()
 
 
 def per_call_ns(call: Callable[[], object], calls: int, batches: int) -> list[float]:
@@ -189,20 +193,32 @@ def line(kind: str, obj: dict[str, Any], version: int) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode()
 
 
-def churn_lines(cluster: Cluster, count: int) -> list[bytes]:
-    """Pod churn: each event rewrites one slice with one member replaced by a new pod
-    (new name, new address), the others unchanged, as the operator does."""
+def churn_lines(cluster: Cluster, count: int, grow: bool = False) -> list[bytes]:
+    """Pod churn as the operator writes it: each event rewrites one slice with one member
+    replaced by a new pod (new name, new address), or, with ``grow``, one pod added or
+    removed in turn; the members listed in a new order each time (the operator walks a Go
+    set, so their order is not stable between writes)."""
+    shuffler = random.Random(7)
     current = [cluster.slice(number) for number in range(cluster.slices)]
     lines = []
     for k in range(count):
         number = (k * 7) % cluster.slices
         members = current[number]["endpoints"]
-        position = (k // cluster.slices) % len(members)
-        fresh = cluster.endpoints + k  # a new pod, with an address no one had
-        members[position] = cluster.member(fresh, identity=identity_of(number))
-        members[position]["name"] = f"pod-new-{k}"
+        fresh = cluster.member(cluster.endpoints + k, identity=identity_of(number))
+        fresh["name"] = f"pod-new-{k}"  # a new pod, with an address no one had
+        if not grow:
+            members[shuffler.randrange(len(members))] = fresh
+        elif (k // cluster.slices) % 2 == 0:
+            members.append(fresh)
+        else:
+            members.pop(shuffler.randrange(len(members)))
+        shuffler.shuffle(members)
         lines.append(line("MODIFIED", copy.deepcopy(current[number]), 10**6 + k))
     return lines
+
+
+def grow_lines(cluster: Cluster, count: int) -> list[bytes]:
+    return churn_lines(cluster, count, grow=True)
 
 
 def relabel_lines(cluster: Cluster, count: int) -> list[bytes]:
@@ -242,7 +258,7 @@ def apply_rate(index: EndpointIndex, lines: list[bytes]) -> tuple[float, float]:
     """Events per second, by wall time and by CPU time."""
     clock = Clock()
     for raw in lines:
-        event = decode(raw)
+        event = SLICE_CODEC.event(raw)  # as the watch decodes it
         index.apply_slice(event["type"], event["object"])
     wall, cpu = clock.took()
     return len(lines) / wall, len(lines) / cpu
@@ -252,6 +268,7 @@ def bench_events(index: EndpointIndex, cluster: Cluster) -> None:
     print(f"slice watch events over {cluster.endpoints:,} endpoints (JSON lines decoded + applied)")
     for label, make, count, target in (
         ("pod churn (1 member replaced)", churn_lines, 10_000, "  (target >= 10,000)"),
+        ("pod added or removed", grow_lines, 10_000, ""),
         ("every member relabelled", relabel_lines, 1_000, ""),
         ("slice deleted / added", delete_add_lines, 1_000, ""),
     ):

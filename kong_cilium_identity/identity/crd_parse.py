@@ -86,7 +86,6 @@ class EndpointEntry:
     # unknown; once they are known, the lookup joins them with ``identity``
     labels_missing: bool
     answer: Lookup
-    raw: Any = None  # a slice member as decoded, to spot it unchanged in the next version
 
 
 def object_key(obj: Any, what: str) -> str:

@@ -32,11 +32,13 @@ from kong_cilium_identity.errors import ConfigError
 from kong_cilium_identity.fields import Field, Group
 from kong_cilium_identity.identity.cep_index import EndpointIndex
 from kong_cilium_identity.identity.cep_watch import (
+    Codec,
     ListWatch,
     Relist,
     WatchSettings,
     backoff_delay,
 )
+from kong_cilium_identity.identity.ces_decode import SLICE_CODEC
 from kong_cilium_identity.identity.crd_discovery import (
     ENDPOINTS,
     GROUP,
@@ -57,6 +59,8 @@ HTTP_FORBIDDEN = 403
 KEEPALIVE_IDLE = 10
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
+# slices are read member by member (``ces_decode``); the other resources decoded whole
+CODECS = {ENDPOINTS: Codec(), SLICES: SLICE_CODEC, IDENTITIES: Codec()}
 
 log = logging.getLogger(__name__)
 
@@ -381,8 +385,9 @@ class KubernetesSource:
         with self._lock:
             if self._stopping.is_set():
                 return
+            settings = self._settings.watch
             watches = [
-                ListWatch(self._api, plural, *apply[plural], self._settings.watch, version)
+                ListWatch(self._api, plural, *apply[plural], settings, version, CODECS[plural])
                 for plural, version in plan
             ]
             for watch in watches:
