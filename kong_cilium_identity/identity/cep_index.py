@@ -29,7 +29,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kong_cilium_identity.identity.ces_parse import SliceState, SliceUpdate, read_slice
+from kong_cilium_identity.identity.ces_parse import (
+    SliceState,
+    SliceUpdate,
+    read_slice,
+    slice_name,
+)
 from kong_cilium_identity.identity.crd_parse import (
     EndpointEntry,
     LabelInterner,
@@ -340,25 +345,30 @@ class EndpointIndex:
         """Apply one watch event for a CiliumEndpointSlice: its members replace the
         slice's previous ones; an unreadable slice evicts every member it had."""
         with self._write_lock:
-            try:
-                name = object_key(obj, "CiliumEndpointSlice").lstrip("/")
-            except MalformedObject as error:
-                log.warning("ignoring a CiliumEndpointSlice %s event: %s", event_type, error)
-                return
             if event_type == "DELETED":
-                self._slices.remove_slice(name)
+                try:
+                    self._slices.remove_slice(slice_name(obj))
+                except MalformedObject as error:
+                    log.warning("ignoring a CiliumEndpointSlice DELETED event: %s", error)
+                    return
             else:
                 try:
-                    previous = self._slices.by_slice.get(name)
-                    update = read_slice(obj, self.source, time.time(), previous)
+                    update = read_slice(obj, self.source, time.time(), self._slices.by_slice)
                 except MalformedObject as error:
-                    log.warning(
-                        "evicting slice %s after a bad %s event: %s", name, event_type, error
-                    )
-                    self._slices.remove_slice(name)
-                else:
-                    self._slices.put_slice(update)
+                    self._evict_slice(event_type, obj, error)
+                    return
+                self._slices.put_slice(update)
             self._advance(obj)
+
+    def _evict_slice(self, event_type: str, obj: Mapping[str, Any], error: Exception) -> None:
+        try:
+            name = slice_name(obj)
+        except MalformedObject:
+            log.warning("ignoring a CiliumEndpointSlice %s event: %s", event_type, error)
+            return
+        log.warning("evicting slice %s after a bad %s event: %s", name, event_type, error)
+        self._slices.remove_slice(name)
+        self._advance(obj)
 
     def apply_identity(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """Apply one watch event for a CiliumIdentity; an unreadable update evicts the id."""

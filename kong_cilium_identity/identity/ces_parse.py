@@ -163,19 +163,26 @@ def _where(slice_name: str) -> str:
     return f"CiliumEndpointSlice {slice_name}"
 
 
+def slice_name(obj: Any) -> str:
+    """The name of a slice (``metadata.name``: slices are cluster-scoped)."""
+    name: str = shape.metadata(obj, "CiliumEndpointSlice")["name"]
+    return name
+
+
 def read_slice(
-    obj: Any, source: str, now: float, previous: SliceState | None = None
+    obj: Any, source: str, now: float, held: Mapping[str, SliceState] | None = None
 ) -> SliceUpdate:
-    """Read one version of a slice. With ``previous`` (the state of the slice's version
-    already indexed), a member whose JSON text is one already held keeps its entry: it is
-    neither decoded, checked nor built again, wherever it now stands in ``endpoints``
-    (the operator lists a slice's members in no stable order)."""
+    """Read one version of a slice. With ``held`` (the states of the slices already
+    indexed, by name), a member whose JSON text is one its slice already holds keeps its
+    entry: it is neither decoded, checked nor built again, wherever it now stands in
+    ``endpoints`` (the operator lists a slice's members in no stable order)."""
     metadata = shape.metadata(obj, "CiliumEndpointSlice")
     name: str = metadata["name"]
     namespace = shape.required_text(obj, "namespace", _where(name))
     texts = _texts(shape.sequence(obj, "endpoints", _where(name)), name)
     version = metadata.get("resourceVersion") or ""
     read = _Version(name, namespace, version, texts, source, now)
+    previous = held.get(name) if held is not None else None
     if previous is not None and previous.namespace == namespace:
         update = _patched(read, previous)
         if update is not None:
@@ -193,12 +200,13 @@ def _patched(read: _Version, previous: SliceState) -> SliceUpdate | None:
     listed = set(texts)
     if len(listed) < len(texts):
         return None
-    # the held texts are walked in the order they were stored, which is mostly the order
-    # they were allocated in: far fewer cache misses than probing them in listed order
-    gone = [held[text] for text in held.keys() - listed]
+    # one pass over the held texts, in the order they were stored (mostly the order they
+    # were allocated in: far fewer cache misses than probing them in listed order)
+    changed = listed.symmetric_difference(held)  # a dict: its stored hashes are used
+    gone = [held[text] for text in changed if text in held]
     leaving = {entry.key for entry in gone}
     fresh: list[tuple[bytes, EndpointEntry]] = []
-    for text in listed - held.keys():
+    for text in changed.difference(held) if gone else changed:
         entry = read.entry(texts.index(text))
         if entry is None:
             continue
