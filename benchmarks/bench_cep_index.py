@@ -211,7 +211,7 @@ def main() -> None:
         rebuilt = build(pages)
         times.append(time.perf_counter() - start)
         del rebuilt  # freed outside the timed region
-    print("index build from list responses (json decode + parse + index)")
+    print("index build from list responses (JSON decode + parse + index)")
     print(f"  median {statistics.median(times):.2f} s  runs {', '.join(f'{t:.2f}' for t in times)}")
     print(f"  added RSS with the index built: {added / 2**20:.0f} MB (target <= 300 MB)")
     assert len(index) == count

@@ -100,8 +100,8 @@ class _Table:
 
 def _link(table: dict[str, tuple[EndpointEntry, ...]], name: str, entry: EndpointEntry) -> None:
     current = table.get(name)
-    if current is None:
-        table[name] = (entry,)
+    if current is None or (len(current) == 1 and current[0].claim == entry.claim):
+        table[name] = (entry,)  # the common cases, without building a generator
     else:
         table[name] = (*(e for e in current if e.claim != entry.claim), entry)
 
@@ -109,6 +109,10 @@ def _link(table: dict[str, tuple[EndpointEntry, ...]], name: str, entry: Endpoin
 def _unlink(table: dict[str, tuple[EndpointEntry, ...]], name: str, claim: str) -> None:
     current = table.get(name)
     if current is None:
+        return
+    if len(current) == 1:  # the common case, without building a generator
+        if current[0].claim == claim:
+            del table[name]
         return
     others = tuple(e for e in current if e.claim != claim)
     if others:
