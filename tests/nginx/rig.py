@@ -81,6 +81,10 @@ def supports_max_headers(nginx: str) -> bool:
         return subprocess.run(args, capture_output=True, check=False).returncode == 0
 
 
+class PortTaken(RuntimeError):
+    """nginx could not bind a port ``free_port`` had found free: another process took it."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -454,15 +458,30 @@ class Nginx:
         path.write_text(conf)
         return path
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, attempts: int = 3) -> None:
+        """Start nginx. A port that another process took between ``free_port`` and
+        nginx's bind is replaced by a fresh one, and nginx started again."""
+        for _ in range(attempts - 1):
+            try:
+                self._start_once(timeout)
+                return
+            except PortTaken:
+                self.proxy_port, self.upstream_port = free_port(), free_port()
+        self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> None:
         nginx = nginx_binary()
         assert nginx is not None
         conf = self.write()
+        logged = len(self.error_log())
         args = [nginx, "-p", str(self.prefix), "-e", str(self.prefix / "error.log")]
         self.process = subprocess.Popen([*args, "-c", str(conf)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                said = self.error_log()[logged:]
+                if "Address already in use" in said:
+                    raise PortTaken(said[-3000:])
                 raise RuntimeError(f"nginx exited: {self.error_log()[-3000:]}")
             try:
                 self.counters()

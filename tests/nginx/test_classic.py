@@ -9,6 +9,7 @@ request (fail open). That baseline (kong.yaml with the guard taken out) is what 
 from __future__ import annotations
 
 import signal
+import socket
 from typing import Any
 
 import pytest
@@ -109,3 +110,21 @@ def test_without_the_companion_a_forged_header_past_line_1000_reaches_upstream(
     assert reply.status == 200
     [record] = rig.nginx.upstream_requests()
     assert ["X-Cilium-Pod-Uid", "forged"] in record["headers"]
+
+
+def test_rig_moves_to_a_fresh_port_when_another_process_took_its_own(
+    make_rig: RigFactory,
+) -> None:
+    """The rig's ports are found free before nginx binds them; another process can take one
+    in between (seen once in CI). nginx then starts again on fresh ports."""
+    rig = make_rig(shipped_kong_yaml())
+    rig.nginx.stop()
+    taken = rig.nginx.proxy_port
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        rig.nginx.start()
+        assert rig.nginx.proxy_port != taken
+        reply = rig.nginx.request("/orders/1", [CHECKOUT], source=CHECKOUT_POD)
+        assert reply.status == 200, reply
