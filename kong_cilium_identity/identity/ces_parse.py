@@ -206,8 +206,8 @@ def _patched(read: _Version, previous: SliceState) -> SliceUpdate | None:
     gone = [held[text] for text in changed if text in held]
     leaving = {entry.key for entry in gone}
     fresh: list[tuple[bytes, EndpointEntry]] = []
-    for text in changed.difference(held) if gone else changed:
-        entry = read.entry(texts.index(text))
+    for position, text in _in_listed_order(changed.difference(held) if gone else changed, texts):
+        entry = read.entry(position)
         if entry is None:
             continue
         if entry.key in texts_by_key and entry.key not in leaving:
@@ -222,6 +222,14 @@ def _patched(read: _Version, previous: SliceState) -> SliceUpdate | None:
         texts_by_key[entry.key] = text
     entries = [entry for _, entry in fresh]
     return SliceUpdate(read.name, previous, entries, _claims_gone(gone, entries))
+
+
+def _in_listed_order(new: set[bytes], texts: list[bytes]) -> list[tuple[int, bytes]]:
+    """The new texts with their positions, in the order listed (one new text, the common
+    case, is found without walking every member)."""
+    if len(new) == 1:
+        return [(texts.index(text), text) for text in new]
+    return [(position, text) for position, text in enumerate(texts) if text in new]
 
 
 def _rebuilt(read: _Version, previous: SliceState | None) -> SliceUpdate:

@@ -94,7 +94,7 @@ def test_slice_whose_endpoints_are_not_an_array_is_rejected(endpoints: Any) -> N
     broken["endpoints"] = endpoints
     event = decode_slice_event(line("MODIFIED", broken))
     assert event["object"]["endpoints"] == endpoints  # decoded whole, as it came
-    with pytest.raises(MalformedObject, match="endpoints"):
+    with pytest.raises(MalformedObject, match=r"CiliumEndpointSlice ces-shop-1\.endpoints is a"):
         ces_parse.read_slice(event["object"], "kubernetes", 0.0)
 
 
@@ -183,12 +183,12 @@ def test_the_same_member_text_listed_twice_drops_the_pod(caplog: pytest.LogCaptu
     index = indexed()
     apply(index, "ADDED", shop_slice())
     doubled = shop_slice()
-    doubled["endpoints"].append(doubled["endpoints"][0])
+    doubled["endpoints"].insert(1, doubled["endpoints"][0])  # members after it still count
     with caplog.at_level(logging.WARNING):
         apply(index, "MODIFIED", doubled)
-    assert "shop/web-1 more than once" in caplog.text
+    assert "CiliumEndpointSlice ces-shop-1 lists endpoint shop/web-1 more than once" in caplog.text
     assert index.lookup("10.2.0.1") is None and index.lookup("fd00::2:1") is None
-    assert found(index, "10.2.0.2") == 7001
+    assert found(index, "10.2.0.2") == 7001 and found(index, "fd00::2:3") == 7002
     apply(index, "MODIFIED", shop_slice())
     assert found(index, "10.2.0.1") == 7001
 
@@ -283,3 +283,93 @@ def tracked_among(objects: list[Any]) -> int:
     """How many of ``objects`` a collection would walk."""
     wanted = {id(item) for item in objects}
     return sum(id(item) in wanted for item in gc.get_objects())
+
+
+def test_members_around_a_clash_keep_their_very_entries() -> None:
+    """A name listed twice makes the whole slice be placed again; the members not involved
+    keep their entries (they are not read again)."""
+    index = indexed()
+    apply(index, "ADDED", shop_slice())
+    kept = index.slice_entries("fd00::2:3")[0]
+    clash = shop_slice()
+    clash["endpoints"].append(core_endpoint("web-2", 7002, ipv4="10.2.0.8"))
+    apply(index, "MODIFIED", clash)
+    assert index.slice_entries("fd00::2:3")[0] is kept
+
+
+def test_new_members_after_a_malformed_one_are_all_read(caplog: pytest.LogCaptureFixture) -> None:
+    index = indexed()
+    apply(index, "ADDED", shop_slice())
+    grown = shop_slice()
+    broken = core_endpoint("bad", 7001, ipv4="10.2.0.20")
+    broken["networking"] = "10.2.0.20"
+    grown["endpoints"].insert(0, broken)
+    grown["endpoints"] += [
+        core_endpoint(f"new-{n}", 7001, ipv4=f"10.2.0.{30 + n}") for n in range(5)
+    ]
+    with caplog.at_level(logging.WARNING):
+        apply(index, "MODIFIED", grown)
+    assert "ignoring endpoints[0] of CiliumEndpointSlice ces-shop-1" in caplog.text
+    assert [found(index, f"10.2.0.{30 + n}") for n in range(5)] == [7001] * 5
+    assert index.lookup("10.2.0.20") is None
+
+
+def test_a_pod_whose_member_changed_is_replaced_not_removed() -> None:
+    """Its claim is not in ``gone``: removing it first would let a reader miss the pod."""
+    first = ces_parse.read_slice(shop_slice(), "kubernetes", 1.0)
+    changed = shop_slice()
+    changed["endpoints"][0]["id"] = 7002
+    update = ces_parse.read_slice(changed, "kubernetes", 2.0, {first.name: first.state})
+    assert [entry.key for entry in update.fresh] == ["shop/web-1"]
+    assert update.gone == []
+    left = shop_slice()
+    del left["endpoints"][0]
+    update = ces_parse.read_slice(left, "kubernetes", 3.0, {first.name: first.state})
+    assert update.fresh == [] and update.gone == ["ces-shop-1/shop/web-1"]
+
+
+def test_entries_carry_the_source_time_and_version_they_were_read_with() -> None:
+    obj = shop_slice()
+    obj["metadata"]["resourceVersion"] = "321"
+    first = ces_parse.read_slice(obj, "kubernetes", 5.0)
+    bare = shop_slice()
+    bare["metadata"].pop("resourceVersion", None)
+    bare["endpoints"][0]["id"] = 7002
+    update = ces_parse.read_slice(bare, "kubernetes", 9.0, {first.name: first.state})
+    for entry, when, version in ((first.fresh[0], 5.0, "321"), (update.fresh[0], 9.0, "")):
+        assert entry.identity is not None
+        assert (entry.identity.source, entry.identity.observed_at) == ("kubernetes", when)
+        assert entry.resource_version == version
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ({"kind": "CiliumEndpointSlice"}, "CiliumEndpointSlice without metadata"),
+        ({"metadata": {"name": "ces-q"}, "endpoints": []}, r"CiliumEndpointSlice ces-q\.namespace"),
+    ],
+)
+def test_unreadable_slices_are_named_in_the_error(broken: dict[str, Any], message: str) -> None:
+    with pytest.raises(MalformedObject, match=message):
+        ces_parse.read_slice(broken, "kubernetes", 0.0)
+
+
+def test_unreadable_deleted_event_is_ignored_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    index = indexed(shop_slice())
+    with caplog.at_level(logging.WARNING):
+        index.apply_slice("DELETED", {"kind": "CiliumEndpointSlice"})
+    assert "CiliumEndpointSlice without metadata" in caplog.text
+    assert found(index, "10.2.0.1") == 7001
+
+
+def test_null_endpoints_and_unreadable_pages_decode_as_they_came() -> None:
+    empty = shop_slice()
+    empty["endpoints"] = None
+    assert decode_slice_event(line("MODIFIED", empty))["object"]["endpoints"] is None
+    odd = shop_slice("ces-odd")
+    odd["endpoints"] = "web-1"
+    body = {"metadata": {"resourceVersion": "3"}, "items": [shop_slice(), odd]}
+    page = decode_slice_page(json.dumps(body).encode())
+    assert page == body  # decoded whole: the reader rejects the odd slice, keeps the other
