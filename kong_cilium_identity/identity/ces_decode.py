@@ -3,8 +3,9 @@
 The operator rewrites a whole slice (about 100 members, 12 KiB) whenever one member
 changes, so decoding every member of every event into Python objects costs more than
 everything else the watch does. Here the slice's own fields are decoded and each member of
-``endpoints[]`` is kept as its JSON text (a ``msgspec.Raw``): the reader compares a member's
-text with the one already indexed and decodes only the members that changed.
+``endpoints[]`` is kept as its JSON text (``bytes``, copied out of the line msgspec left it
+in as a ``Raw``): the reader compares a member's text with the ones already indexed and
+decodes only the members that are new.
 
 The result has the shape of the generic decoding (a dict for the event, the page and each
 slice), so the strict checks downstream are the same; only the members differ. Anything the
