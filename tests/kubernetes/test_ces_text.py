@@ -373,3 +373,47 @@ def test_null_endpoints_and_unreadable_pages_decode_as_they_came() -> None:
     body = {"metadata": {"resourceVersion": "3"}, "items": [shop_slice(), odd]}
     page = decode_slice_page(json.dumps(body).encode())
     assert page == body  # decoded whole: the reader rejects the odd slice, keeps the other
+
+
+def test_every_field_of_a_slice_entry() -> None:
+    update = ces_parse.read_slice(shop_slice(), "kubernetes", 4.0)
+    web_1, web_2, db_0 = update.fresh
+    assert (web_1.key, web_1.claim, web_1.state) == ("shop/web-1", "ces-shop-1/shop/web-1", "")
+    assert web_1.addresses == ("10.2.0.1", "fd00::2:1") and web_1.node_ip == "172.18.0.2"
+    assert web_2.uid == "uid-web-2" and web_1.uid == ""
+    assert db_0.identity is not None and db_0.identity.service_account == "db-sa"
+    for entry in update.fresh:
+        assert entry.identity is not None and entry.identity.namespace == "shop"
+        assert entry.labels_missing
+        assert entry.answer.status is LookupStatus.UNKNOWN and entry.answer.source == "kubernetes"
+
+
+def test_members_handed_over_decoded_or_mixed_are_read_alike(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    obj = shop_slice()
+    web_1, web_2, db_0 = obj["endpoints"]
+    obj["endpoints"] = [text_of(web_1), web_2, {"name": object()}, db_0]  # not JSON
+    with caplog.at_level(logging.WARNING):
+        _, entries = ces_parse.slice_entries(obj, "kubernetes", 0.0)
+    assert [entry.key for entry in entries] == ["shop/web-1", "shop/web-2", "shop/db-0"]
+    assert "ignoring endpoints[2] of CiliumEndpointSlice ces-shop-1: not JSON" in caplog.text
+
+
+def test_the_index_lists_each_slice_once_by_name() -> None:
+    index = indexed()
+    apply(index, "ADDED", shop_slice())
+    changed = shop_slice()
+    changed["endpoints"][0]["id"] = 7002
+    apply(index, "MODIFIED", changed)
+    assert index.slices() == ["ces-shop-1"]
+
+
+def test_a_rebuilt_slice_replaces_a_changed_pod_rather_than_removing_it() -> None:
+    first = ces_parse.read_slice(shop_slice(), "kubernetes", 1.0)
+    changed = shop_slice()
+    changed["endpoints"][0]["id"] = 7002  # web-1 changed
+    changed["endpoints"].append(changed["endpoints"][2])  # db-0 twice: placed again
+    update = ces_parse.read_slice(changed, "kubernetes", 2.0, {first.name: first.state})
+    assert [entry.key for entry in update.fresh] == ["shop/web-1"]
+    assert update.gone == ["ces-shop-1/shop/db-0"]
