@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import ipaddress
 import json
 import os
 import random
@@ -36,8 +35,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.index_bench import PagesApi, address, bench_lookups, rss_bytes  # noqa: E402
 from kong_cilium_identity.identity.cep_index import EndpointIndex  # noqa: E402
-from kong_cilium_identity.identity.cep_watch import Codec, ListWatch, WatchSettings  # noqa: E402
+from kong_cilium_identity.identity.cep_watch import (  # noqa: E402
+    Codec,
+    ListWatch,
+    Relist,
+    WatchSettings,
+)
 from kong_cilium_identity.identity.ces_decode import SLICE_CODEC  # noqa: E402
 from kong_cilium_identity.identity.model import Peer  # noqa: E402
 from kong_cilium_identity.identity.sources.kubernetes import create, parse_settings  # noqa: E402
@@ -51,17 +56,6 @@ from tests.kit.fake_kube import (  # noqa: E402
 PAGE = 500
 IDENTITIES = 2000
 NAMESPACES = 50
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def address(n: int) -> str:
-    return str(ipaddress.IPv4Address(0x0A000000 + n))  # 10.0.0.0 + n
 
 
 def identity_of(n: int) -> int:
@@ -120,72 +114,22 @@ def pages(items: list[dict[str, Any]], kind: str) -> list[bytes]:
         metadata = {"resourceVersion": "900000"}
         if start + PAGE < len(items):
             metadata["continue"] = str(number + 1)
-        body = {"apiVersion": "cilium.io/v2alpha1", "kind": kind, "metadata": metadata}
+        body: dict[str, Any] = {"apiVersion": "cilium.io/v2alpha1", "kind": kind}
+        body["metadata"] = metadata
         body["items"] = items[start : start + PAGE]
         bodies.append(json.dumps(body, separators=(",", ":")).encode())
     return bodies
 
 
-class _Page:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def release_conn(self) -> None:
-        """Nothing to release: the page is in memory."""
-
-
-class PagesApi:
-    """Stands in for ``CustomObjectsApi``: serves prepared list pages, no HTTP."""
-
-    def __init__(self, bodies: list[bytes]) -> None:
-        self._bodies = bodies
-
-    def list_cluster_custom_object(self, *_: Any, _continue: str | None = None, **__: Any) -> _Page:
-        return _Page(self._bodies[int(_continue or 0)])
-
-
 def list_into(index: EndpointIndex, plural: str, bodies: list[bytes]) -> None:
     """The production list path (``ListWatch.list_once``) minus the network."""
-    relists = {
+    relists: dict[str, tuple[Callable[[], Relist], Callable[[str, Any], None], Codec]] = {
         "ciliumendpointslices": (index.begin_slice_relist, index.apply_slice, SLICE_CODEC),
         "ciliumidentities": (index.begin_identity_relist, index.apply_identity, Codec()),
     }
     begin, apply, codec = relists[plural]
     api = PagesApi(bodies)
     ListWatch(api, plural, begin, apply, WatchSettings(), "v2alpha1", codec).list_once()
-
-
-def per_call_ns(call: Callable[[], object], calls: int, batches: int) -> list[float]:
-    means = []
-    for _ in range(batches):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            call()
-        means.append((time.perf_counter_ns() - start) / calls)
-    return means
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def bench_lookups(
-    label: str, lookup: Callable[[Any], object], key: Callable[[str], Any], count: int
-) -> None:
-    hits = [key(address((n * 7919) % count)) for n in range(1000)]
-    misses = [key(address(count + 1 + n)) for n in range(1000)]
-    for kind, keys in (("hit", hits), ("miss", misses)):
-        cursor = iter(range(10**9))
-
-        def one(keys: list[Any] = keys, cursor: Any = cursor) -> object:
-            return lookup(keys[next(cursor) % 1000])
-
-        means = per_call_ns(one, 20000, 25)
-        print(
-            f"  {label:<28} {kind:<4} median {statistics.median(means) / 1000:6.2f} us"
-            f"  p90 {quantile(means, 0.9) / 1000:6.2f} us  (25 batches x 20,000)"
-        )
 
 
 def line(kind: str, obj: dict[str, Any], version: int) -> bytes:
